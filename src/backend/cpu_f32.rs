@@ -1,0 +1,90 @@
+//! The float reference backend: spec §1–3 in f32 on the CPU.
+#![forbid(unsafe_code)]
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::{Backend, BackendError, Layout};
+use crate::model::pruning::{compact_f32, Decision};
+use crate::model::vit::{self, Tokens};
+use crate::model::Model;
+
+pub struct CpuF32 {
+    model: Arc<Model>,
+    state: Option<(Tokens, Layout)>,
+}
+
+impl CpuF32 {
+    pub const NAME: &'static str = "cpu-f32";
+
+    pub fn new(model: Arc<Model>) -> CpuF32 {
+        CpuF32 { model, state: None }
+    }
+
+    fn state(&mut self, what: &str) -> Result<&mut (Tokens, Layout), BackendError> {
+        self.state.as_mut().ok_or_else(|| BackendError::Protocol {
+            backend: Self::NAME,
+            msg: format!("{what} before begin"),
+        })
+    }
+}
+
+impl Backend for CpuF32 {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn begin(&mut self, image: &[f32]) -> Result<Layout, BackendError> {
+        let cfg = &self.model.config;
+        let want = 3 * cfg.image_size * cfg.image_size;
+        if image.len() != want {
+            return Err(BackendError::Failed {
+                backend: Self::NAME,
+                msg: format!("input tensor has {} values, expected {want}", image.len()),
+            });
+        }
+        let tokens = vit::embed(cfg, &self.model.weights, image);
+        let layout = Layout { live: cfg.num_patches(), packages: 0 };
+        self.state = Some((tokens, layout));
+        Ok(layout)
+    }
+
+    fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError> {
+        let model = Arc::clone(&self.model);
+        let (tokens, _) = self.state("run_blocks")?;
+        for b in blocks {
+            vit::block(&model.config, &model.weights.blocks[b], tokens);
+        }
+        Ok(())
+    }
+
+    fn score(&mut self, stage: usize) -> Result<Vec<f32>, BackendError> {
+        let model = Arc::clone(&self.model);
+        let (tokens, layout) = self.state("score")?;
+        let sel = model.weights.selectors.get(stage).ok_or_else(|| BackendError::Failed {
+            backend: Self::NAME,
+            msg: format!("model has no selector for stage {stage}"),
+        })?;
+        Ok(vit::selector_scores(&model.config, sel, tokens, layout.live))
+    }
+
+    fn compact(&mut self, decision: &Decision, scores: &[f32]) -> Result<Layout, BackendError> {
+        let (tokens, layout) = self.state("compact")?;
+        let data = compact_f32(&tokens.data, tokens.dim, layout.live, decision, scores);
+        *layout = Layout {
+            live: decision.kept.len(),
+            packages: layout.packages + usize::from(decision.makes_package()),
+        };
+        tokens.rows = layout.rows();
+        tokens.data = data;
+        Ok(*layout)
+    }
+
+    fn logits(&mut self) -> Result<Vec<f32>, BackendError> {
+        let model = Arc::clone(&self.model);
+        let (tokens, _) = self.state("logits")?;
+        let logits = vit::head(&model.config, &model.weights, tokens);
+        self.state = None;
+        Ok(logits)
+    }
+}

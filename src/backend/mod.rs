@@ -1,0 +1,78 @@
+//! Backends run the heavy parts of one image's forward pass; the [`crate::engine::Engine`]
+//! drives them through the schedule and makes every pruning decision itself.
+//!
+//! The split mirrors HeatViT's on the ZCU102: a backend computes (embedding, blocks,
+//! selector scores, head) and holds the token matrix in its own number format and memory;
+//! the engine decides which tokens survive (`model::pruning`) and asks the backend to
+//! compact. A backend processes one image at a time; its state lives between `begin` and
+//! `logits`.
+#![forbid(unsafe_code)]
+
+pub mod cpu_f32;
+
+use std::ops::Range;
+
+use crate::model::pruning::Decision;
+
+/// A failure inside a backend. The engine may retry the image on another backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {backend}: {msg}")]
+    Failed { backend: &'static str, msg: String },
+    #[error("backend {backend}: called out of order: {msg}")]
+    Protocol { backend: &'static str, msg: String },
+}
+
+/// The token layout a backend currently holds: `[CLS, live patches, packages]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub live: usize,
+    pub packages: usize,
+}
+
+impl Layout {
+    pub fn rows(&self) -> usize {
+        1 + self.live + self.packages
+    }
+}
+
+/// One coarse interface per device. Implementations: [`cpu_f32::CpuF32`] (the float
+/// reference); the integer CPU path and the fabric follow the same contract.
+pub trait Backend {
+    /// Short name shown to users and in JSON (`cpu-f32`, `cpu-int8`, `fabric`).
+    fn name(&self) -> &'static str;
+    /// Starts an image: patch embedding, CLS and positional embedding. `image` is the
+    /// normalised CHW tensor (3 × S × S).
+    fn begin(&mut self, image: &[f32]) -> Result<Layout, BackendError>;
+    /// Runs blocks `blocks` on the current tokens.
+    fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError>;
+    /// Keep probability of each live patch token from selector `stage`. Values must be
+    /// exactly representable in f32 (integer backends return Q0.16 / 2^16).
+    fn score(&mut self, stage: usize) -> Result<Vec<f32>, BackendError>;
+    /// Applies a decision: `[CLS, kept, packages, P_new]`, physically compacted.
+    fn compact(&mut self, decision: &Decision, scores: &[f32]) -> Result<Layout, BackendError>;
+    /// Final norm and head on CLS; ends the image.
+    fn logits(&mut self) -> Result<Vec<f32>, BackendError>;
+}
+
+/// The `--backend` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The FPGA when one is present, else the best CPU backend for the model.
+    Auto,
+    /// The best CPU backend for the model.
+    Cpu,
+    /// The float reference on the CPU.
+    CpuF32,
+}
+
+/// Creates the backend for `choice`, logging why `auto` chose what it chose.
+pub fn select(choice: BackendChoice, model: std::sync::Arc<crate::model::Model>) -> Result<Box<dyn Backend>, BackendError> {
+    match choice {
+        BackendChoice::Auto => {
+            log::info!("backend auto: this build has no FPGA driver yet; using {}", cpu_f32::CpuF32::NAME);
+            Ok(Box::new(cpu_f32::CpuF32::new(model)))
+        }
+        BackendChoice::Cpu | BackendChoice::CpuF32 => Ok(Box::new(cpu_f32::CpuF32::new(model))),
+    }
+}

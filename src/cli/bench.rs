@@ -1,0 +1,138 @@
+//! `heatvit-run bench`: forward latency over repeated runs, for `docs/`. Speed is measured
+//! here, never asserted in tests.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::{ModelArgs, EXIT_OK};
+use crate::model::{synthetic, Model};
+use crate::preprocess;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Use a random-weight model of this geometry instead of a model directory:
+    /// deit-tiny, deit-small or deit-base (selectors before blocks 3, 6, 9).
+    #[arg(long, value_name = "NAME", conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// Input image (default: a deterministic synthetic image).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<std::path::PathBuf>,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    backend: String,
+    pruning: String,
+    runs: usize,
+    median_ms: f64,
+    min_ms: f64,
+    mean_ms: f64,
+    macs: u64,
+    dense_macs: u64,
+    gmacs_per_s: f64,
+    kept_per_stage: Vec<usize>,
+    peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident set size from /proc (Linux), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: &BenchArgs) -> Result<u8> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let model = match &args.synthetic {
+        Some(name) => {
+            let cfg = synthetic::named_config(name)
+                .with_context(|| format!("unknown --synthetic {name:?} (deit-tiny, deit-small, deit-base)"))?;
+            Arc::new(synthetic::random_model(cfg, 0x5eed))
+        }
+        None => {
+            let dir = args.model.model_dir()?;
+            Arc::new(Model::load(&dir).with_context(|| format!("cannot load model {}", dir.display()))?)
+        }
+    };
+    let mut engine = args.model.engine_for(Arc::clone(&model))?;
+    let cfg = &model.config;
+    let tensor = match &args.image {
+        Some(p) => preprocess::load(cfg, p)?.tensor,
+        None => {
+            let s = cfg.image_size;
+            (0..3 * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
+        }
+    };
+    for _ in 0..args.warmup {
+        engine.run(&tensor)?;
+    }
+    let mut times = Vec::with_capacity(args.runs);
+    let mut last = None;
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        let inf = engine.run(&tensor)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some(inf);
+    }
+    let inf = last.expect("runs ≥ 1");
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    let report = Report {
+        model: model.name(),
+        backend: engine.backend_name().to_string(),
+        pruning: engine.pruning().mode.as_str().to_string(),
+        runs: args.runs,
+        median_ms: median,
+        min_ms: sorted[0],
+        mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+        macs: inf.macs,
+        dense_macs: inf.dense_macs,
+        gmacs_per_s: inf.macs as f64 / (median * 1e-3) / 1e9,
+        kept_per_stage: inf.stages.iter().map(|s| s.kept).collect(),
+        peak_rss_mb: peak_rss_mb(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} [{}] pruning {}: median {:.2} ms, min {:.2} ms over {} runs; {:.3} GMAC ({:.1}% of dense), {:.1} GMAC/s; kept {:?}; peak RSS {}",
+            report.model,
+            report.backend,
+            report.pruning,
+            report.median_ms,
+            report.min_ms,
+            report.runs,
+            report.macs as f64 / 1e9,
+            100.0 * report.macs as f64 / report.dense_macs as f64,
+            report.gmacs_per_s,
+            report.kept_per_stage,
+            report.peak_rss_mb.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "n/a".into())
+        );
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,138 @@
+//! CPU compute. One entry point per operation; the model code never calls a BLAS directly,
+//! so later backends and SIMD kernels change only this module.
+//!
+//! The nonlinearities here are plain scalar f32 code on purpose: IEEE single-precision
+//! operations in a fixed order give the same bits on x86-64 and aarch64.
+
+pub mod arch;
+
+pub use arch::sgemm::{sgemm, MatMut, MatRef};
+
+/// `y[m×out] = x[m×in] · Wᵀ + b`, with `w` in PyTorch's `[out, in]` row-major layout.
+pub fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out_features: usize, y: &mut [f32]) {
+    assert_eq!(b.len(), out_features, "linear: bias length");
+    assert!(out_features > 0 && w.len() % out_features == 0, "linear: weight shape");
+    let k = w.len() / out_features;
+    assert_eq!(x.len(), m * k, "linear: input shape");
+    assert_eq!(y.len(), m * out_features, "linear: output shape");
+    for row in y.chunks_exact_mut(out_features) {
+        row.copy_from_slice(b);
+    }
+    sgemm(
+        1.0,
+        MatRef { data: x, rows: m, cols: k, rs: k, cs: 1 },
+        // Wᵀ viewed through strides: element (i, j) of Wᵀ is w[j * k + i].
+        MatRef { data: w, rows: k, cols: out_features, rs: 1, cs: k },
+        1.0,
+        MatMut { data: y, rows: m, cols: out_features, rs: out_features, cs: 1 },
+    );
+}
+
+/// LayerNorm over each row of `x` (`rows × g.len()`), in place.
+pub fn layer_norm(x: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
+    let d = g.len();
+    assert_eq!(b.len(), d);
+    assert_eq!(x.len() % d, 0);
+    for row in x.chunks_exact_mut(d) {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// Exact (erf) GELU, as PyTorch's `nn.GELU()` default.
+pub fn gelu(x: f32) -> f32 {
+    let x64 = x as f64;
+    (0.5 * x64 * (1.0 + libm::erf(x64 * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
+pub fn gelu_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = gelu(*v);
+    }
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Softmax of each row of `x` (`rows × n`), in place, max-subtracted.
+pub fn softmax_rows(x: &mut [f32], n: usize) {
+    for row in x.chunks_exact_mut(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_linear(x: &[f32], m: usize, w: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+        let k = w.len() / n;
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = b[j] as f64;
+                for t in 0..k {
+                    acc += x[i * k + t] as f64 * w[j * k + t] as f64;
+                }
+                y[i * n + j] = acc as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn linear_matches_naive() {
+        let (m, k, n) = (7, 13, 5);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 - 2.0).collect();
+        let mut y = vec![0.0; m * n];
+        linear(&x, m, &w, &b, n, &mut y);
+        for (a, e) in y.iter().zip(naive_linear(&x, m, &w, &b, n)) {
+            assert!((a - e).abs() <= 1e-4 * (1.0 + e.abs()), "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn gelu_known_values() {
+        // torch.nn.functional.gelu(torch.tensor([-3., -1., 0., 0.5, 2.]))
+        let want = [-0.004049696, -0.15865526, 0.0, 0.34573123, 1.9544997];
+        for (x, w) in [-3.0f32, -1.0, 0.0, 0.5, 2.0].iter().zip(want) {
+            assert!((gelu(*x) - w).abs() < 1e-6, "gelu({x}) = {} want {w}", gelu(*x));
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_survive_large_inputs() {
+        let mut x = vec![1000.0, 1001.0, 999.0, -5.0, 0.0, 5.0];
+        softmax_rows(&mut x, 3);
+        for row in x.chunks(3) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            assert!(row.iter().all(|v| v.is_finite()));
+        }
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn layer_norm_normalises() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut x, &[1.0; 4], &[0.0; 4], 1e-6);
+        let mean: f32 = x.iter().sum::<f32>() / 4.0;
+        let var: f32 = x.iter().map(|v| v * v).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,188 @@
+//! The float forward pass of spec §1–2, on a dense token matrix.
+//!
+//! Token matrix layout (spec §2–3): row 0 is CLS, rows `1..=live` the live patch tokens in
+//! their original order, then the package tokens `P_1..P_s`. `D` columns, row-major.
+#![forbid(unsafe_code)]
+
+use super::{BlockWeights, Config, Linear, Norm, SelectorWeights, Weights};
+use crate::kernels::{self, sgemm, MatMut, MatRef};
+
+/// A dense `rows × dim` token matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub dim: usize,
+}
+
+impl Tokens {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+fn apply_linear(l: &Linear, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = vec![0.0; rows * l.out_features];
+    kernels::linear(x, rows, &l.w, &l.b, l.out_features, &mut y);
+    y
+}
+
+fn apply_norm(n: &Norm, x: &[f32], eps: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    kernels::layer_norm(&mut y, &n.g, &n.b, eps);
+    y
+}
+
+/// Patch embedding + CLS + positional embedding. `image` is the normalised CHW tensor
+/// (3 × S × S).
+pub fn embed(cfg: &Config, w: &Weights, image: &[f32]) -> Tokens {
+    let (s, p, d) = (cfg.image_size, cfg.patch_size, cfg.embed_dim);
+    assert_eq!(image.len(), 3 * s * s, "embed: image tensor size");
+    let g = cfg.grid();
+    let n0 = g * g;
+    let k = 3 * p * p;
+    // im2col in (c, ky, kx) order, matching the conv weight's flattening.
+    let mut cols = vec![0.0f32; n0 * k];
+    for gy in 0..g {
+        for gx in 0..g {
+            let dst = &mut cols[(gy * g + gx) * k..][..k];
+            let mut t = 0;
+            for c in 0..3 {
+                for ky in 0..p {
+                    let src = c * s * s + (gy * p + ky) * s + gx * p;
+                    dst[t..t + p].copy_from_slice(&image[src..src + p]);
+                    t += p;
+                }
+            }
+        }
+    }
+    let patches = apply_linear(&w.patch, &cols, n0);
+    let mut data = vec![0.0f32; (1 + n0) * d];
+    for c in 0..d {
+        data[c] = w.cls_token[c] + w.pos_embed[c];
+    }
+    for (i, row) in patches.chunks_exact(d).enumerate() {
+        let out = &mut data[(1 + i) * d..(2 + i) * d];
+        let pos = &w.pos_embed[(1 + i) * d..(2 + i) * d];
+        for ((o, x), pe) in out.iter_mut().zip(row).zip(pos) {
+            *o = x + pe;
+        }
+    }
+    Tokens { data, rows: 1 + n0, dim: d }
+}
+
+/// One pre-norm transformer block, in place.
+pub fn block(cfg: &Config, b: &BlockWeights, x: &mut Tokens) {
+    let (n, d, h) = (x.rows, x.dim, cfg.num_heads);
+    let hd = d / h;
+    let eps = cfg.ln_eps as f32;
+    // Attention.
+    let y = apply_norm(&b.norm1, &x.data, eps);
+    let qkv = apply_linear(&b.qkv, &y, n);
+    let mut ctx = vec![0.0f32; n * d];
+    let mut scores = vec![0.0f32; n * n];
+    let scale = (hd as f32).powf(-0.5);
+    for head in 0..h {
+        // scores = scale · Q_h K_hᵀ, Q_h and K_h read in place through strides.
+        sgemm(
+            scale,
+            MatRef { data: &qkv[head * hd..], rows: n, cols: hd, rs: 3 * d, cs: 1 },
+            MatRef { data: &qkv[d + head * hd..], rows: hd, cols: n, rs: 1, cs: 3 * d },
+            0.0,
+            MatMut { data: &mut scores, rows: n, cols: n, rs: n, cs: 1 },
+        );
+        kernels::softmax_rows(&mut scores, n);
+        sgemm(
+            1.0,
+            MatRef { data: &scores, rows: n, cols: n, rs: n, cs: 1 },
+            MatRef { data: &qkv[2 * d + head * hd..], rows: n, cols: hd, rs: 3 * d, cs: 1 },
+            0.0,
+            MatMut { data: &mut ctx[head * hd..], rows: n, cols: hd, rs: d, cs: 1 },
+        );
+    }
+    let attn = apply_linear(&b.proj, &ctx, n);
+    for (v, a) in x.data.iter_mut().zip(&attn) {
+        *v += a;
+    }
+    // MLP.
+    let y = apply_norm(&b.norm2, &x.data, eps);
+    let mut hid = apply_linear(&b.fc1, &y, n);
+    kernels::gelu_inplace(&mut hid);
+    let out = apply_linear(&b.fc2, &hid, n);
+    for (v, a) in x.data.iter_mut().zip(&out) {
+        *v += a;
+    }
+}
+
+/// Fused keep probability `p_j` of each of the `live` patch tokens (rows `1..=live`),
+/// spec §2. Returns an empty vector when there is nothing to score.
+pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: usize) -> Vec<f32> {
+    if live == 0 {
+        return Vec::new();
+    }
+    let (d_model, h) = (x.dim, cfg.num_heads);
+    let d = d_model / h;
+    let eps = cfg.ln_eps as f32;
+    let patches = &x.data[d_model..(1 + live) * d_model];
+    let mut keep = vec![0.0f32; live * h]; // t_h[j, 0], token-major
+    let mut means = vec![0.0f32; live * h]; // channel mean of X_h per token
+    let mut xh = vec![0.0f32; live * d];
+    for (head, hw) in sel.heads.iter().enumerate() {
+        for j in 0..live {
+            let src = &patches[j * d_model + head * d..][..d];
+            xh[j * d..(j + 1) * d].copy_from_slice(src);
+            means[j * h + head] = src.iter().sum::<f32>() / d as f32;
+        }
+        let y = apply_norm(&hw.norm, &xh, eps);
+        let mut u = apply_linear(&hw.fc1, &y, live);
+        kernels::gelu_inplace(&mut u);
+        // Global half: mean over the live tokens, broadcast to every row.
+        let half = d / 2;
+        let mut global = vec![0.0f32; half];
+        for row in u.chunks_exact(d) {
+            for (g, v) in global.iter_mut().zip(&row[half..]) {
+                *g += v;
+            }
+        }
+        for g in &mut global {
+            *g /= live as f32;
+        }
+        for row in u.chunks_exact_mut(d) {
+            row[half..].copy_from_slice(&global);
+        }
+        let mut f2 = apply_linear(&hw.fc2, &u, live);
+        kernels::gelu_inplace(&mut f2);
+        let mut f3 = apply_linear(&hw.fc3, &f2, live);
+        kernels::gelu_inplace(&mut f3);
+        let logits = apply_linear(&hw.fc4, &f3, live);
+        for (j, l) in logits.chunks_exact(2).enumerate() {
+            let mut t = [l[0], l[1]];
+            kernels::softmax_rows(&mut t, 2);
+            keep[j * h + head] = t[0];
+        }
+    }
+    // Head-importance gate and fusion.
+    let mut a = apply_linear(&sel.gate_fc1, &means, live);
+    kernels::gelu_inplace(&mut a);
+    let a = apply_linear(&sel.gate_fc2, &a, live);
+    (0..live)
+        .map(|j| {
+            let aj = &a[j * h..(j + 1) * h];
+            let tj = &keep[j * h..(j + 1) * h];
+            let mut num = 0.0f32;
+            let mut den = 0.0f32;
+            for (ai, ti) in aj.iter().zip(tj) {
+                let s = kernels::sigmoid(*ai);
+                num += s * ti;
+                den += s;
+            }
+            num / den
+        })
+        .collect()
+}
+
+/// Final LayerNorm on CLS and the classifier head: the logits.
+pub fn head(cfg: &Config, w: &Weights, x: &Tokens) -> Vec<f32> {
+    let cls = apply_norm(&w.norm, x.row(0), cfg.ln_eps as f32);
+    apply_linear(&w.head, &cls, 1)
+}
