@@ -70,8 +70,8 @@ impl<'m> Printer<'m> {
             return;
         }
         let m = self.model;
-        println!(
-            "model {} ({}×{} px, {} blocks, D={}), backend {}, pruning {}{}",
+        out(&format!(
+            "model {} ({}×{} px, {} blocks, D={}), backend {}, pruning {}{}\n",
             m.name(),
             m.config.image_size,
             m.config.image_size,
@@ -84,9 +84,9 @@ impl<'m> Printer<'m> {
                 PruningMode::Topk => format!(" (keep ratios {:?})", pruning.keep_ratios),
                 PruningMode::None => String::new(),
             }
-        );
+        ));
         if !m.card.trained {
-            println!("note: this model's weights are UNTRAINED (random): its predictions are meaningless");
+            out("note: this model's weights are UNTRAINED (random): its predictions are meaningless\n");
         }
     }
 
@@ -148,7 +148,7 @@ impl<'m> Printer<'m> {
             "  time: decode {:.1} ms, preprocess {:.1} ms, forward {:.1} ms\n",
             t.decode_ms, t.preprocess_ms, t.forward_ms
         );
-        print!("{s}");
+        out(&s);
     }
 
     pub fn failure(&mut self, path: &Path, e: &anyhow::Error) {
@@ -164,6 +164,11 @@ fn giga(macs: u64) -> String {
     } else {
         format!("{:.2} MMAC", macs as f64 / 1e6)
     }
+}
+
+/// Writes to stdout, ignoring a closed pipe (e.g. `| head`) instead of panicking.
+fn out(s: &str) {
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
 }
 
 fn println_json<T: Serialize>(v: &T) {

@@ -121,7 +121,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
             path: path.to_path_buf(),
-            source: e,
+            err: e,
         })?;
         let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),

@@ -20,8 +20,9 @@ pub use store::{Tensor, TensorStore};
 /// tensor, so the one-line message is enough to fix the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (`err` is shown in the message, so it is deliberately not the error `source`.)
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
@@ -146,7 +147,7 @@ impl Model {
         if !dir.is_dir() {
             return Err(ModelError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+                err: std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
             });
         }
         let config = Config::load(&dir.join("config.json"))?;
@@ -154,7 +155,7 @@ impl Model {
         let card_path = dir.join("model_card.json");
         let card = if card_path.exists() {
             let text = std::fs::read_to_string(&card_path)
-                .map_err(|e| ModelError::Io { path: card_path.clone(), source: e })?;
+                .map_err(|e| ModelError::Io { path: card_path.clone(), err: e })?;
             serde_json::from_str(&text)
                 .map_err(|e| ModelError::Config { path: card_path.clone(), msg: e.to_string() })?
         } else {
@@ -179,7 +180,7 @@ impl Model {
 }
 
 fn load_labels(path: &Path, num_classes: usize) -> Result<Vec<String>, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), err: e })?;
     let labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
     let labels: Vec<String> = match labels.iter().rposition(|l| !l.is_empty()) {
         Some(last) => labels[..=last].to_vec(),

@@ -38,7 +38,7 @@ impl TensorStore {
     /// Reads a safetensors file. F32, F16, BF16 and F64 tensors are accepted (converted to
     /// f32); any other dtype, a truncated file or a bad header is an error naming the file.
     pub fn open(path: &Path) -> Result<TensorStore, ModelError> {
-        let io = |e| ModelError::Io { path: path.to_path_buf(), source: e };
+        let io = |e| ModelError::Io { path: path.to_path_buf(), err: e };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_WEIGHTS_BYTES {
             return Err(ModelError::Weights {

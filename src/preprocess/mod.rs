@@ -21,8 +21,9 @@ pub const MAX_ALLOC: u64 = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (`err` is shown in the message, so it is deliberately not the error `source`.)
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: file is empty")]
     Empty { path: PathBuf },
     #[error("{path}: file is {bytes} bytes, over the {limit} byte limit")]
@@ -49,7 +50,7 @@ pub struct Preprocessed {
 /// Decodes `path` to 8-bit RGB: grey is replicated, alpha dropped (as PIL's
 /// `convert('RGB')`), palettes expanded, 16-bit channels scaled to 8 bits.
 pub fn decode(path: &Path) -> Result<RgbImage, InputError> {
-    let io = |e| InputError::Io { path: path.to_path_buf(), source: e };
+    let io = |e| InputError::Io { path: path.to_path_buf(), err: e };
     let bytes = std::fs::metadata(path).map_err(io)?.len();
     if bytes == 0 {
         return Err(InputError::Empty { path: path.to_path_buf() });
@@ -66,23 +67,32 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<RgbImage, InputError> {
     if data.is_empty() {
         return Err(InputError::Empty { path: path.to_path_buf() });
     }
-    let reader = || {
+    let reader = |limited: bool| {
         let mut r = ImageReader::new(Cursor::new(data))
             .with_guessed_format()
-            .map_err(|e| InputError::Io { path: path.to_path_buf(), source: e })?;
+            .map_err(|e| InputError::Io { path: path.to_path_buf(), err: e })?;
         if r.format().is_none() {
             return Err(InputError::UnknownFormat { path: path.to_path_buf() });
         }
-        let mut limits = Limits::default();
-        limits.max_image_width = Some(MAX_SIDE);
-        limits.max_image_height = Some(MAX_SIDE);
-        limits.max_alloc = Some(MAX_ALLOC);
-        r.limits(limits);
+        if limited {
+            let mut limits = Limits::default();
+            limits.max_image_width = Some(MAX_SIDE);
+            limits.max_image_height = Some(MAX_SIDE);
+            limits.max_alloc = Some(MAX_ALLOC);
+            r.limits(limits);
+        } else {
+            // Reading the header allocates no pixels; our own check below names the size.
+            r.no_limits();
+        }
         Ok(r)
     };
-    let decode_err = |e: image::ImageError| InputError::Decode { path: path.to_path_buf(), msg: e.to_string() };
+    // Decoder messages can span lines; keep the report on one.
+    let decode_err = |e: image::ImageError| InputError::Decode {
+        path: path.to_path_buf(),
+        msg: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+    };
     // Read the header first, to refuse oversized images by their declared size.
-    let (width, height) = reader()?.into_dimensions().map_err(decode_err)?;
+    let (width, height) = reader(false)?.into_dimensions().map_err(decode_err)?;
     let pixels = width as u64 * height as u64;
     if width > MAX_SIDE || height > MAX_SIDE || pixels * 8 > MAX_ALLOC {
         return Err(InputError::TooLarge { path: path.to_path_buf(), width, height });
@@ -90,7 +100,7 @@ pub fn decode_bytes(path: &Path, data: &[u8]) -> Result<RgbImage, InputError> {
     if width == 0 || height == 0 {
         return Err(InputError::Decode { path: path.to_path_buf(), msg: "image has no pixels".into() });
     }
-    let img = reader()?.decode().map_err(|e| match e {
+    let img = reader(true)?.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => InputError::TooLarge { path: path.to_path_buf(), width, height },
         e => decode_err(e),
     })?;
