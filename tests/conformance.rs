@@ -94,7 +94,9 @@ fn float_forward_matches_reference_in_every_mode() {
                 .zip(&case.keep_probs[s])
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max);
-            assert!(pd <= 1e-5, "{n} stage {s}: max |keep prob diff| {pd}");
+            // The fixture keeps every decision ≥ 2e-3 from the threshold (and top-k gaps
+            // ≥ 2e-3), so a probability error 20× smaller can never flip a decision.
+            assert!(pd <= 1e-4, "{n} stage {s}: max |keep prob diff| {pd}");
         }
         assert_eq!(inf.macs, case.macs, "{n}: macs");
         assert_eq!(inf.dense_macs, case.dense_macs, "{n}: dense macs");
