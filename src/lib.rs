@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod dataset;
 pub mod engine;
 pub mod kernels;
 pub mod model;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod eval;
 mod heatmap;
 mod output;
 
@@ -48,6 +49,8 @@ pub struct Cli {
 enum Command {
     /// Measure forward latency (warm-up, then N timed runs).
     Bench(bench::BenchArgs),
+    /// Top-1 accuracy, tokens kept and MACs on a labelled idx data set (e.g. Fashion-MNIST).
+    Eval(eval::EvalArgs),
 }
 
 /// Options that choose the model, backend and pruning schedule.
@@ -146,6 +149,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Eval(args)) => eval::run(&args),
         None => run(&cli.run),
     };
     match result {
