@@ -1,0 +1,359 @@
+"""The single resumable training driver: dense -> selector stages 1..S -> export.
+
+    nohup nice -n 10 ~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist \
+        >> /work/runs/fmnist/train.log 2>&1 &
+
+Re-running the same command resumes exactly from the last checkpoint
+(<run-dir>/ckpt.pt, written atomically every --ckpt-every seconds and at every epoch
+end; data order, augmentation and Gumbel noise are restored from the saved RNG state).
+Finished phases are skipped.  Outputs in <run-dir>:
+  train.log        progress (appended)
+  metrics.jsonl    one line per finished epoch (rewritten from the checkpoint history)
+  dense_final.pt   the dense model (teacher for the selector phases)
+  export-dense/    runtime model dir of the dense model (pruning mode "none")
+  results.json     final evaluation (exact spec inference on the 10k test images)
+and the final runtime model dir in --export-dir (default: models/fmnist-heatvit).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import export  # noqa: E402
+from model import HeatViT  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+# Everything that defines the run.  Saved in the checkpoint; a resume with a different
+# recipe is refused.
+RECIPE = {
+    "geometry": {"image_size": 28, "patch_size": 4, "embed_dim": 64, "depth": 6,
+                 "num_heads": 4, "mlp_ratio": 4, "num_classes": 10, "ln_eps": 1e-6},
+    "locations": [1, 2, 4],
+    "keep_targets": [0.6, 0.35, 0.2],     # cumulative fractions of the 49 patch tokens
+    "batch_size": 128,
+    "dense": {"epochs": 15, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 1,
+              "weight_decay": 0.05, "label_smoothing": 0.1},
+    # one phase per selector stage; stage k trains selectors 0..k-1 together
+    "stages": [{"epochs": 2}, {"epochs": 2}, {"epochs": 3}],
+    "selector": {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 100,
+                 "backbone_lr": 5e-5, "backbone_frozen_epochs": 1,
+                 "weight_decay": 0.05, "label_smoothing": 0.1,
+                 "ratio_weight": 2.0, "distill_kl": 0.5, "distill_token": 0.5,
+                 "gumbel_tau": 1.0},
+    "augment": {"crop_pad": 2, "hflip": True},
+}
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def phases():
+    ph = [("dense", RECIPE["dense"]["epochs"], 0)]
+    for k, st in enumerate(RECIPE["stages"]):
+        ph.append((f"stage{k + 1}", st["epochs"], k + 1))
+    return ph
+
+
+def build_model():
+    return HeatViT(locations=RECIPE["locations"], **RECIPE["geometry"])
+
+
+def param_groups(model, phase_stages):
+    def split(params_named):
+        decay, no_decay = [], []
+        for n, p in params_named:
+            (decay if p.ndim >= 2 and n not in ("cls_token", "pos_embed") else no_decay).append(p)
+        return decay, no_decay
+    bb = [(n, p) for n, p in model.named_parameters() if not n.startswith("selectors.")]
+    if phase_stages == 0:
+        d, nd = split(bb)
+        wd = RECIPE["dense"]["weight_decay"]
+        return [{"params": d, "weight_decay": wd, "kind": "backbone"},
+                {"params": nd, "weight_decay": 0.0, "kind": "backbone"}]
+    sel = [(n, p) for n, p in model.named_parameters()
+           if n.startswith("selectors.") and int(n.split(".")[1]) < phase_stages]
+    wd = RECIPE["selector"]["weight_decay"]
+    bd, bnd = split(bb)
+    sd, snd = split(sel)
+    return [{"params": bd, "weight_decay": wd, "kind": "backbone"},
+            {"params": bnd, "weight_decay": 0.0, "kind": "backbone"},
+            {"params": sd, "weight_decay": wd, "kind": "selector"},
+            {"params": snd, "weight_decay": 0.0, "kind": "selector"}]
+
+
+def cosine(step, total, peak, floor, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs):
+    total = epochs * steps_per_epoch
+    if phase_stages == 0:
+        c = RECIPE["dense"]
+        lr = cosine(step_in_phase, total, c["lr"], c["min_lr"], c["warmup_epochs"] * steps_per_epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        return {"lr": lr}
+    c = RECIPE["selector"]
+    slr = cosine(step_in_phase, total, c["lr"], c["min_lr"], c["warmup_steps"])
+    frozen = c["backbone_frozen_epochs"] * steps_per_epoch
+    if step_in_phase < frozen:
+        blr = 0.0
+    else:
+        blr = cosine(step_in_phase - frozen, total - frozen, c["backbone_lr"], 0.0, 0)
+    for g in opt.param_groups:
+        g["lr"] = slr if g["kind"] == "selector" else blr
+    return {"lr": slr, "backbone_lr": blr}
+
+
+def save_atomic(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir, history):
+    tmp = os.path.join(run_dir, "metrics.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    os.replace(tmp, os.path.join(run_dir, "metrics.jsonl"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--export-dir", default=os.path.join(REPO, "models", "fmnist-heatvit"))
+    ap.add_argument("--data-dir", default=data.DEFAULT_DIR)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest when the 2 cores are shared)")
+    ap.add_argument("--ckpt-every", type=float, default=180.0, help="seconds between checkpoints")
+    ap.add_argument("--stop-after-steps", type=int, default=0,
+                    help="testing: exit (after a checkpoint) once this many steps ran in this process")
+    ap.add_argument("--smoke", action="store_true",
+                    help="testing: 6 steps per epoch, 1 epoch per phase, 300 test images")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        RECIPE["dense"]["epochs"] = 1
+        RECIPE["stages"] = [{"epochs": 2}, {"epochs": 1}, {"epochs": 1}]
+    os.makedirs(args.run_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.run_dir, "ckpt.pt")
+
+    train_x, train_y = data.load_split("train", args.data_dir)
+    test_x, test_y = data.load_split("t10k", args.data_dir)
+    bs = RECIPE["batch_size"]
+    steps_per_epoch = len(train_y) // bs   # drop_last
+    if args.smoke:
+        steps_per_epoch, test_x, test_y = 6, test_x[:300], test_y[:300]
+        RECIPE["selector"]["warmup_steps"] = 2
+    PH = phases()
+
+    torch.manual_seed(args.seed)
+    model = build_model()
+    aug_gen = torch.Generator().manual_seed(args.seed + 1)
+    state = {"phase": 0, "epoch": 0, "step": 0, "history": [], "train_seconds": 0.0,
+             "recipe": RECIPE, "seed": args.seed, "opt": None}
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["recipe"] != RECIPE or ck["seed"] != args.seed:
+            raise SystemExit(f"{ckpt_path} was made with another recipe/seed; use a new --run-dir")
+        model.load_state_dict(ck["model"])
+        aug_gen.set_state(ck["aug_gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck
+        log(f"resumed from {ckpt_path}: phase {PH[min(ck['phase'], len(PH) - 1)][0] if ck['phase'] < len(PH) else 'done'}"
+            f" epoch {ck['epoch']} step {ck['step']} ({ck['train_seconds'] / 60:.1f} min trained)")
+    else:
+        log(f"new run in {args.run_dir}, seed {args.seed}, recipe {json.dumps(RECIPE)}")
+
+    teacher = None
+    proc_steps = 0
+    last_ckpt = time.time()
+
+    def checkpoint(opt):
+        state["model"] = model.state_dict()
+        state["opt"] = opt.state_dict() if opt is not None else None
+        state["aug_gen"] = aug_gen.get_state()
+        state["torch_rng"] = torch.get_rng_state()
+        save_atomic(state, ckpt_path)
+
+    while state["phase"] < len(PH):
+        name, epochs, n_stages = PH[state["phase"]]
+        if n_stages > 0 and teacher is None:
+            with torch.random.fork_rng():   # must not consume the training RNG (exact resume)
+                teacher = build_model()
+            teacher.load_state_dict(torch.load(os.path.join(args.run_dir, "dense_final.pt")))
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        if n_stages > 0:
+            post_dense(args, model_from=teacher, test=(test_x, test_y))
+        opt = torch.optim.AdamW(param_groups(model, n_stages), lr=0.0, betas=(0.9, 0.999))
+        if state.get("opt") is not None:
+            opt.load_state_dict(state["opt"])
+        while state["epoch"] < epochs:
+            ep = state["epoch"]
+            perm_gen = torch.Generator().manual_seed(args.seed * 1000003 + state["phase"] * 1009 + ep)
+            perm = torch.randperm(len(train_y), generator=perm_gen)
+            model.train()
+            if state["step"] == 0:
+                state["ep_stats"] = {"loss": 0.0, "correct": 0, "seen": 0, "kept": [0.0] * n_stages,
+                                     "t0": state["train_seconds"]}
+            es = state["ep_stats"]
+            while state["step"] < steps_per_epoch:
+                k = state["step"]
+                t_step = time.time()
+                idx = perm[k * bs:(k + 1) * bs]
+                xb = data.augment(train_x[idx], aug_gen, RECIPE["augment"]["crop_pad"])
+                xb = data.to_input(xb)
+                yb = train_y[idx]
+                lrs = set_lrs(opt, n_stages, ep, ep * steps_per_epoch + k, steps_per_epoch, epochs)
+                if n_stages == 0:
+                    logits, _ = model.forward_dense(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=RECIPE["dense"]["label_smoothing"])
+                    parts = {}
+                else:
+                    c = RECIPE["selector"]
+                    logits, tok, mask, decs = model.forward_train(xb, n_stages)
+                    with torch.no_grad():
+                        t_logits, t_tok = teacher.forward_dense(xb)
+                    ce = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
+                    tg = RECIPE["keep_targets"]
+                    ratio = sum((d.mean() - tg[s]) ** 2 for s, d in enumerate(decs)) / len(decs)
+                    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1),
+                                  reduction="batchmean", log_target=True)
+                    n0 = model.num_patches
+                    sel = mask.detach() > 0.5
+                    err = ((tok[:, 1:1 + n0] - t_tok[:, 1:1 + n0]) ** 2).mean(-1)
+                    tokl = err[sel].mean() if bool(sel.any()) else err.sum() * 0.0
+                    loss = ce + c["ratio_weight"] * ratio + c["distill_kl"] * kl + c["distill_token"] * tokl
+                    parts = {"ce": ce.item(), "ratio": ratio.item(), "kl": kl.item(), "tok": tokl.item()}
+                    for s, d in enumerate(decs):
+                        es["kept"][s] += d.mean().item() * len(yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                es["loss"] += loss.item() * len(yb)
+                es["correct"] += int((logits.argmax(1) == yb).sum())
+                es["seen"] += len(yb)
+                state["step"] = k + 1
+                state["train_seconds"] += time.time() - t_step
+                proc_steps += 1
+                if (k + 1) % 50 == 0:
+                    msg = (f"{name} ep {ep + 1}/{epochs} step {k + 1}/{steps_per_epoch} "
+                           f"loss {es['loss'] / es['seen']:.4f} acc {100 * es['correct'] / es['seen']:.2f} "
+                           f"{' '.join(f'{a} {b:.4g}' for a, b in {**lrs, **parts}.items())} "
+                           f"step {time.time() - t_step:.3f}s")
+                    if n_stages:
+                        msg += " kept " + "/".join(f"{v / es['seen']:.3f}" for v in es["kept"])
+                    log(msg)
+                if time.time() - last_ckpt > args.ckpt_every:
+                    checkpoint(opt)
+                    last_ckpt = time.time()
+                    log(f"checkpoint {name} ep {ep + 1} step {k + 1}")
+                if args.stop_after_steps and proc_steps >= args.stop_after_steps:
+                    checkpoint(opt)
+                    log(f"stop after {proc_steps} steps (testing): checkpoint at {name} ep {ep + 1} step {k + 1}")
+                    return
+            # ---- epoch end: evaluate (fast batched exact-mask eval) and checkpoint
+            t_ev = time.time()
+            if n_stages == 0:
+                ev = evaluate.evaluate_masked(model, test_x, test_y, "none")
+            else:
+                ev = evaluate.evaluate_masked(model, test_x, test_y, "adaptive", 0.5, n_stages=n_stages)
+            rec = {"phase": name, "epoch": ep + 1, "train_loss": round(es["loss"] / es["seen"], 4),
+                   "train_acc": round(100 * es["correct"] / es["seen"], 2),
+                   "test_top1": ev["top1"], "test_mean_macs": ev["mean_macs"],
+                   "test_mac_reduction_pct": ev["mac_reduction_pct"],
+                   "epoch_seconds": round(state["train_seconds"] - es["t0"], 1),
+                   "train_seconds_total": round(state["train_seconds"], 1),
+                   "eval_seconds": round(time.time() - t_ev, 1)}
+            if n_stages:
+                rec["train_gumbel_keep"] = [round(v / es["seen"], 4) for v in es["kept"]]
+                rec["test_keep_ratio@0.5"] = ev.get("mean_keep_ratio")
+            state["history"].append(rec)
+            log(f"EPOCH {json.dumps(rec)}")
+            state["epoch"] = ep + 1
+            state["step"] = 0
+            checkpoint(opt)
+            last_ckpt = time.time()
+            write_metrics(args.run_dir, state["history"])
+        # ---- phase end
+        if n_stages == 0:
+            save_atomic(model.state_dict(), os.path.join(args.run_dir, "dense_final.pt"))
+        state["phase"] += 1
+        state["epoch"] = 0
+        state["step"] = 0
+        state["opt"] = None
+        checkpoint(None)
+        log(f"phase {name} done")
+        if n_stages == 0:
+            teacher = None  # (re)loaded from dense_final.pt at the next phase
+
+    # ---- all phases done: exact evaluation + export
+    finish(args, model, (test_x, test_y), state)
+
+
+def post_dense(args, model_from, test):
+    """Export the dense model once (pruning mode "none", no selector tensors)."""
+    out = os.path.join(args.run_dir, "export-dense")
+    if os.path.exists(os.path.join(out, "config.json")):
+        return
+    log("exporting the dense model to " + out)
+    ev = evaluate.evaluate_exact(model_from, test[0], test[1], "none")
+    log(f"dense exact eval: {ev}")
+    dense_hist = [h for h in load_history(args.run_dir) if h["phase"] == "dense"]
+    export.export_model(model_from, out, RECIPE, mode="none", results={"dense": ev},
+                        history=dense_hist, seed=args.seed, run_dir=args.run_dir)
+
+
+def load_history(run_dir):
+    p = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(p):
+        return []
+    with open(p) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finish(args, model, test, state):
+    res_path = os.path.join(args.run_dir, "results.json")
+    if os.path.exists(res_path):
+        with open(res_path) as f:
+            results = json.load(f)
+        log("results.json exists; re-exporting only")
+    else:
+        log("final evaluation (exact per-image spec inference, 10k test images)")
+        model.eval()
+        results = evaluate.full_report(model, test[0], test[1], exact=True, log=log)
+        # topk at the training targets too
+        results["topk@targets"] = evaluate.evaluate_exact(model, test[0], test[1], "topk",
+                                                          keep_ratios=RECIPE["keep_targets"])
+        results["topk@targets"]["keep_ratios"] = RECIPE["keep_targets"]
+        log(f"topk@targets: {results['topk@targets']}")
+        results["train_seconds_total"] = round(state["train_seconds"], 1)
+        tmp = res_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, res_path)
+    export.export_model(model, args.export_dir, RECIPE, mode="adaptive", results=results,
+                        history=state["history"], seed=args.seed, run_dir=args.run_dir)
+    log(f"exported to {args.export_dir}; all phases done")
+
+
+if __name__ == "__main__":
+    main()
