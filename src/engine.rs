@@ -41,6 +41,14 @@ pub struct StageReport {
     pub keep_probs: Vec<f32>,
 }
 
+/// Wall time of one part of the forward pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    /// `embed`, `blocks 0-2`, `selector 0`, `head`, …
+    pub name: String,
+    pub ms: f64,
+}
+
 /// The result of one forward pass.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Inference {
@@ -52,6 +60,30 @@ pub struct Inference {
     /// MACs of the dense backbone for the same model.
     pub dense_macs: u64,
     pub forward_ms: f64,
+    /// Where the forward time went, in order.
+    pub spans: Vec<Span>,
+}
+
+/// Records consecutive spans of a forward pass.
+struct Clock {
+    last: Instant,
+    spans: Vec<Span>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock { last: Instant::now(), spans: Vec::new() }
+    }
+
+    fn lap(&mut self, name: impl Into<String>) {
+        let now = Instant::now();
+        self.spans.push(Span { name: name.into(), ms: (now - self.last).as_secs_f64() * 1e3 });
+        self.last = now;
+    }
+}
+
+fn blocks_name(range: std::ops::Range<usize>) -> String {
+    format!("blocks {}-{}", range.start, range.end.saturating_sub(1))
 }
 
 /// A model bound to a backend and an effective pruning schedule.
@@ -94,9 +126,11 @@ impl Engine {
     /// Runs one normalised CHW image tensor.
     pub fn run(&mut self, image: &[f32]) -> Result<Inference, EngineError> {
         let start = Instant::now();
+        let mut clock = Clock::new();
         let cfg = &self.model.config;
         let n0 = cfg.num_patches();
         let mut layout = self.backend.begin(image)?;
+        clock.lap("embed");
         let mut macs = macs::embed(cfg);
         let mut origin: Vec<usize> = (0..n0).collect();
         let mut stages = Vec::new();
@@ -107,6 +141,9 @@ impl Engine {
                 break;
             }
             self.backend.run_blocks(next..loc)?;
+            if loc > next {
+                clock.lap(blocks_name(next..loc));
+            }
             macs += (loc - next) as u64 * macs::block(cfg, layout.rows());
             next = loc;
             let tokens_in = layout.live;
@@ -139,6 +176,7 @@ impl Engine {
                 .into());
             }
             layout = new_layout;
+            clock.lap(format!("selector {s}"));
             origin = decision.kept.iter().map(|&j| origin[j]).collect();
             stages.push(StageReport {
                 block: loc,
@@ -150,8 +188,12 @@ impl Engine {
             });
         }
         self.backend.run_blocks(next..cfg.depth)?;
+        if cfg.depth > next {
+            clock.lap(blocks_name(next..cfg.depth));
+        }
         macs += (cfg.depth - next) as u64 * macs::block(cfg, layout.rows());
         let logits = self.backend.logits()?;
+        clock.lap("head");
         macs += macs::head(cfg);
         if logits.len() != cfg.num_classes {
             return Err(EngineError::Logits { got: logits.len(), want: cfg.num_classes });
@@ -166,6 +208,7 @@ impl Engine {
             macs,
             dense_macs: macs::dense(cfg),
             forward_ms: start.elapsed().as_secs_f64() * 1e3,
+            spans: clock.spans,
         })
     }
 }

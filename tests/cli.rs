@@ -139,4 +139,6 @@ fn bench_reports_json() {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
+    let names: Vec<&str> = v["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["embed", "blocks 0-0", "selector 0", "blocks 1-1", "selector 1", "blocks 2-2", "selector 2", "blocks 3-3", "head"]);
 }

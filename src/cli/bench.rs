@@ -49,6 +49,24 @@ struct Report {
     gmacs_per_s: f64,
     kept_per_stage: Vec<usize>,
     peak_rss_mb: Option<f64>,
+    /// Median and min of each part of the forward pass, in order.
+    spans: Vec<SpanStats>,
+}
+
+#[derive(Serialize)]
+struct SpanStats {
+    name: String,
+    median_ms: f64,
+    min_ms: f64,
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// Peak resident set size from /proc (Linux), in MiB.
@@ -87,34 +105,47 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         engine.run(&tensor)?;
     }
     let mut times = Vec::with_capacity(args.runs);
+    let mut span_times: Vec<(String, Vec<f64>)> = Vec::new();
     let mut last = None;
     for _ in 0..args.runs {
         let t = Instant::now();
         let inf = engine.run(&tensor)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        if span_times.is_empty() {
+            span_times = inf.spans.iter().map(|s| (s.name.clone(), Vec::new())).collect();
+        }
+        // Same input, same schedule: the spans line up run after run.
+        for ((name, v), s) in span_times.iter_mut().zip(&inf.spans) {
+            debug_assert_eq!(name, &s.name);
+            v.push(s.ms);
+        }
         last = Some(inf);
     }
     let inf = last.expect("runs ≥ 1");
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-    };
+    let median_ms = median(&sorted);
+    let spans = span_times
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            SpanStats { name, median_ms: median(&v), min_ms: v[0] }
+        })
+        .collect();
     let report = Report {
         model: model.name(),
         backend: engine.backend_name().to_string(),
         pruning: engine.pruning().mode.as_str().to_string(),
         runs: args.runs,
-        median_ms: median,
+        median_ms,
         min_ms: sorted[0],
         mean_ms: times.iter().sum::<f64>() / times.len() as f64,
         macs: inf.macs,
         dense_macs: inf.dense_macs,
-        gmacs_per_s: inf.macs as f64 / (median * 1e-3) / 1e9,
+        gmacs_per_s: inf.macs as f64 / (median_ms * 1e-3) / 1e9,
         kept_per_stage: inf.stages.iter().map(|s| s.kept).collect(),
         peak_rss_mb: peak_rss_mb(),
+        spans,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -133,6 +164,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             report.kept_per_stage,
             report.peak_rss_mb.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "n/a".into())
         );
+        let parts: Vec<String> =
+            report.spans.iter().map(|s| format!("{} {:.2}/{:.2}", s.name, s.median_ms, s.min_ms)).collect();
+        println!("  per part (median/min ms): {}", parts.join(", "));
     }
     Ok(EXIT_OK)
 }
