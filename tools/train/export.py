@@ -74,7 +74,7 @@ def _md_results(results):
     return "\n".join(lines)
 
 
-def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir):
+def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, recipe_changes=None):
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
@@ -118,6 +118,7 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir):
                           "dense_cpu_hours": round(dense_s / 3600, 3),
                           "hardware": "shared 2-core AMD EPYC VM, 1 torch thread, nice 10"},
         "results": results,
+        "recipe_changes": recipe_changes or [],
         "history": history,
     }
     _write(os.path.join(out_dir, "model_card.json"), json.dumps(card, indent=1) + "\n")
@@ -169,6 +170,8 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir):
                "{fe} epoch of each stage, then {blr} cosine to 0.".format(
                    lr=s["lr"], wu=s["warmup_steps"], fe=s["backbone_frozen_epochs"],
                    blr=s["backbone_lr"])]
+    if recipe_changes:
+        md += [f"- Changed during the run: {c}." for c in recipe_changes]
     md += ["", "## Training", "",
            f"- Seed {seed}; CPU time {_fmt_h(train_s)} (dense part {_fmt_h(dense_s)}) on a shared "
            "2-core VM.",
@@ -216,7 +219,7 @@ def main():
             results = evaluate.full_report(model, x, y, exact=True)
         hist = ck["history"]
     export_model(model, args.out, ck["recipe"], "none" if args.dense else "adaptive", results,
-                 hist, ck["seed"], args.run_dir)
+                 hist, ck["seed"], args.run_dir, ck.get("recipe_changes"))
     print("wrote", args.out)
 
 

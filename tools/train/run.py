@@ -41,10 +41,10 @@ RECIPE = {
     "locations": [1, 2, 4],
     "keep_targets": [0.6, 0.35, 0.2],     # cumulative fractions of the 49 patch tokens
     "batch_size": 128,
-    "dense": {"epochs": 15, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 1,
+    "dense": {"epochs": 26, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 1,
               "weight_decay": 0.05, "label_smoothing": 0.1},
     # one phase per selector stage; stage k trains selectors 0..k-1 together
-    "stages": [{"epochs": 2}, {"epochs": 2}, {"epochs": 3}],
+    "stages": [{"epochs": 1}, {"epochs": 1}, {"epochs": 3}],
     "selector": {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 100,
                  "backbone_lr": 5e-5, "backbone_frozen_epochs": 1,
                  "weight_decay": 0.05, "label_smoothing": 0.1,
@@ -170,8 +170,25 @@ def main():
              "recipe": RECIPE, "seed": args.seed, "opt": None}
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False)
-        if ck["recipe"] != RECIPE or ck["seed"] != args.seed:
-            raise SystemExit(f"{ckpt_path} was made with another recipe/seed; use a new --run-dir")
+        if ck["seed"] != args.seed:
+            raise SystemExit(f"{ckpt_path} was made with seed {ck['seed']}; use a new --run-dir")
+        if ck["recipe"] != RECIPE:
+            # The changes allowed in place, while the dense phase is still running: the number
+            # of dense epochs (the cosine schedule is then stretched from the current step on)
+            # and the not-yet-started selector phases.
+            old_r = json.loads(json.dumps(ck["recipe"]))
+            for key in ("stages", "selector"):
+                old_r[key] = RECIPE[key]
+            old_r["dense"]["epochs"] = RECIPE["dense"]["epochs"]
+            if old_r != RECIPE or ck["phase"] != 0 or ck["epoch"] > RECIPE["dense"]["epochs"]:
+                raise SystemExit(f"{ckpt_path} was made with another recipe; use a new --run-dir")
+            changed = [f"{k}: {json.dumps(ck['recipe'][k])} -> {json.dumps(RECIPE[k])}"
+                       for k in ("dense", "stages", "selector") if ck["recipe"][k] != RECIPE[k]]
+            note = (f"at dense epoch {ck['epoch'] + 1} step {ck['step']}: " + "; ".join(changed)
+                    + " (cosine schedule stretched from there)")
+            ck.setdefault("recipe_changes", []).append(note)
+            ck["recipe"] = json.loads(json.dumps(RECIPE))
+            log("recipe change: " + note)
         model.load_state_dict(ck["model"])
         aug_gen.set_state(ck["aug_gen"])
         torch.set_rng_state(ck["torch_rng"])
@@ -202,7 +219,8 @@ def main():
             for p in teacher.parameters():
                 p.requires_grad_(False)
         if n_stages > 0:
-            post_dense(args, model_from=teacher, test=(test_x, test_y))
+            post_dense(args, model_from=teacher, test=(test_x, test_y),
+                       recipe_changes=state.get("recipe_changes"))
         opt = torch.optim.AdamW(param_groups(model, n_stages), lr=0.0, betas=(0.9, 0.999))
         if state.get("opt") is not None:
             opt.load_state_dict(state["opt"])
@@ -309,7 +327,7 @@ def main():
     finish(args, model, (test_x, test_y), state)
 
 
-def post_dense(args, model_from, test):
+def post_dense(args, model_from, test, recipe_changes=None):
     """Export the dense model once (pruning mode "none", no selector tensors)."""
     out = os.path.join(args.run_dir, "export-dense")
     if os.path.exists(os.path.join(out, "config.json")):
@@ -319,7 +337,8 @@ def post_dense(args, model_from, test):
     log(f"dense exact eval: {ev}")
     dense_hist = [h for h in load_history(args.run_dir) if h["phase"] == "dense"]
     export.export_model(model_from, out, RECIPE, mode="none", results={"dense": ev},
-                        history=dense_hist, seed=args.seed, run_dir=args.run_dir)
+                        history=dense_hist, seed=args.seed, run_dir=args.run_dir,
+                        recipe_changes=recipe_changes)
 
 
 def load_history(run_dir):
@@ -351,7 +370,8 @@ def finish(args, model, test, state):
             json.dump(results, f, indent=1)
         os.replace(tmp, res_path)
     export.export_model(model, args.export_dir, RECIPE, mode="adaptive", results=results,
-                        history=state["history"], seed=args.seed, run_dir=args.run_dir)
+                        history=state["history"], seed=args.seed, run_dir=args.run_dir,
+                       recipe_changes=state.get("recipe_changes"))
     log(f"exported to {args.export_dir}; all phases done")
 
 
