@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 use heatvit::model::{Model, ModelError};
 use heatvit::preprocess::{self, InputError};
@@ -18,7 +20,7 @@ fn tiny() -> PathBuf {
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_heatvit-run"))
+    common::heatvit_run()
         .args(args)
         .env_remove("HEATVIT_MODEL")
         .env("RUST_LOG", "off")

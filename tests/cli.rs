@@ -2,14 +2,16 @@
 //! --heatmap, overrides, the untrained-model notice, and the default model lookup.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn heatvit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_heatvit-run"))
+    common::heatvit_run()
         .current_dir(root())
         .args(args)
         .env_remove("HEATVIT_MODEL")
