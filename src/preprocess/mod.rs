@@ -156,6 +156,37 @@ pub fn load(cfg: &Config, path: &Path) -> Result<Preprocessed, InputError> {
 mod tests {
     use super::*;
 
+    fn encode_png<P, C>(img: &image::ImageBuffer<P, C>) -> Vec<u8>
+    where
+        P: image::Pixel + image::PixelWithColorType,
+        [P::Subpixel]: image::EncodableLayout,
+        C: std::ops::Deref<Target = [P::Subpixel]>,
+    {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn sixteen_bit_grey_and_rgba_inputs_become_the_same_rgb8() {
+        let (w, h) = (5u32, 3u32);
+        let v8 = |x: u32, y: u32| ((x * 50 + y * 17) % 256) as u8;
+        let want = RgbImage::from_fn(w, h, |x, y| image::Rgb([v8(x, y); 3]));
+        let p = Path::new("test.png");
+        // 16-bit grey: v·257 is the exact 16-bit value of the 8-bit level v.
+        let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Luma([v8(x, y) as u16 * 257]));
+        assert_eq!(decode_bytes(p, &encode_png(&g16)).unwrap(), want);
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Rgb([v8(x, y) as u16 * 257; 3]));
+        assert_eq!(decode_bytes(p, &encode_png(&rgb16)).unwrap(), want);
+        let rgba16 = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+            let v = v8(x, y) as u16 * 257;
+            image::Rgba([v, v, v, (x as u16) * 9000])
+        });
+        assert_eq!(decode_bytes(p, &encode_png(&rgba16)).unwrap(), want, "alpha is dropped, not blended");
+        let grey8 = image::GrayImage::from_fn(w, h, |x, y| image::Luma([v8(x, y)]));
+        assert_eq!(decode_bytes(p, &encode_png(&grey8)).unwrap(), want);
+    }
+
     #[test]
     fn crop_offset_rounds_half_to_even_like_python() {
         // round(0.5) = 0, round(1.5) = 2, round(16.5) = 16, round(17.5) = 18
