@@ -17,12 +17,9 @@ image-adaptive token pruning, on the ZCU102 FPGA or the CPU. Includes the defaul
 HOMEPAGE = "https://example.invalid/heatvit"
 SECTION = "science"
 
-# Cargo.toml: MIT OR Apache-2.0. The repository carries no license text files yet, so the
-# checksums are of the common-licenses texts; point them at the repository's files once
-# they exist.
-LICENSE = "MIT | Apache-2.0"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302 \
-                    file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+# Cargo.toml: MIT; the text is the repository's LICENSE file.
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=172531a11b257233fdf7f3b00f605037"
 
 # Point SRC_URI at your clone and pin SRCREV to the commit you tested on the board.
 SRC_URI = "git://example.invalid/heatvit.git;protocol=https;branch=main"
