@@ -5,6 +5,8 @@
 //! - [`kernels`]: CPU compute behind one entry point per operation.
 //! - [`backend`]: the coarse per-device trait and its implementations.
 //! - [`engine`]: drives one image through the schedule on a backend.
+//! - [`quant`]: the 8-bit fixed-point format shared by the CPU integer path and the
+//!   fabric: rounding, requantisation, integer nonlinearities, LayerNorm to int8.
 //! - [`preprocess`]: bounded image decoding and timm's eval transform.
 //! - [`cli`]: the `heatvit-run` front end.
 
@@ -15,6 +17,7 @@ pub mod engine;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;
+pub mod quant;
 
 pub use engine::{Engine, Inference};
 pub use model::Model;

@@ -1,12 +1,17 @@
 //! CPU compute. One entry point per operation; the model code never calls a BLAS directly,
 //! so later backends and SIMD kernels change only this module.
 //!
+//! [`int8`] is the integer GEMM of the 8-bit path (`docs/integer-format.md` §6): a scalar
+//! reference and AVX2 / AVX-512 VNNI / NEON kernels chosen at start-up.
+//!
 //! The nonlinearities here are plain scalar f32 code on purpose: IEEE single-precision
 //! operations in a fixed order give the same bits on x86-64 and aarch64.
 
 pub mod arch;
+pub mod int8;
 
 pub use arch::sgemm::{sgemm, MatMut, MatRef};
+pub use int8::{gemm_i8, gemm_i8_packed, GemmError, Isa, PackedWeights};
 
 /// `y[m×out] = x[m×in] · Wᵀ + b`, with `w` in PyTorch's `[out, in]` row-major layout.
 pub fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out_features: usize, y: &mut [f32]) {

@@ -1,0 +1,91 @@
+//! int8 GEMM with AVX2: operands widened to int16, `vpmaddwd` (exact: two int8×int8
+//! products per int32 lane, never saturating), `vpaddd` into int32 accumulators.
+//!
+//! Packed operands (made by `kernels::int8`):
+//! - A: `[m][kp]` int16 (sign-extended, zero padding), `kp` a multiple of [`KG`];
+//! - W: per block of [`NR`] output channels, per k-pair `q`, 32 bytes
+//!   `[half 0..2][channel 0..8][t 0..2] = w[block·16 + half·8 + channel][2q + t]`
+//!   (zero rows pad `n` to a multiple of 16).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+/// Output channels per packed block.
+pub const NR: usize = 16;
+/// Rows of A per micro-kernel call.
+pub const MR: usize = 4;
+/// k granularity of the packing.
+pub const KG: usize = 2;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+}
+
+/// `out[m×n] = A · Wᵀ` on packed operands. Panics if the CPU lacks AVX2 or a slice does
+/// not match the shapes (both are bugs of the safe caller in `kernels::int8`).
+pub fn gemm(m: usize, n: usize, kp: usize, a: &[i16], w: &[i8], out: &mut [i32]) {
+    assert!(available(), "avx2 kernel called on a CPU without AVX2");
+    let np = n.div_ceil(NR) * NR;
+    assert!(kp % KG == 0, "avx2: kp {kp} is not a multiple of {KG}");
+    assert_eq!(a.len(), m * kp, "avx2: packed A size");
+    assert_eq!(w.len(), np * kp, "avx2: packed W size");
+    assert_eq!(out.len(), m * n, "avx2: output size");
+    // SAFETY: AVX2 is present (asserted above with run-time detection).
+    unsafe { gemm_avx2(m, n, kp, a, w, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn gemm_avx2(m: usize, n: usize, kp: usize, a: &[i16], w: &[i8], out: &mut [i32]) {
+    for (jb, wblock) in w.chunks_exact((kp * NR).max(1)).enumerate().take(n.div_ceil(NR)) {
+        let j0 = jb * NR;
+        let cols = NR.min(n - j0);
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = MR.min(m - i0);
+            let a_rows = &a[i0 * kp..(i0 + rows) * kp];
+            let mut tile = [[0i32; NR]; MR];
+            match rows {
+                4 => kernel::<4>(a_rows, kp, wblock, &mut tile),
+                3 => kernel::<3>(a_rows, kp, wblock, &mut tile),
+                2 => kernel::<2>(a_rows, kp, wblock, &mut tile),
+                _ => kernel::<1>(a_rows, kp, wblock, &mut tile),
+            }
+            for (r, trow) in tile.iter().enumerate().take(rows) {
+                let o = (i0 + r) * n + j0;
+                out[o..o + cols].copy_from_slice(&trow[..cols]);
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// One `R × 16` tile: `tile[r][c] = Σ_k a[r][k] · w[c][k]`.
+#[target_feature(enable = "avx2")]
+fn kernel<const R: usize>(a: &[i16], kp: usize, w: &[i8], tile: &mut [[i32; NR]; MR]) {
+    assert!(R <= MR && a.len() >= R * kp && w.len() >= kp * NR);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for q in 0..kp / 2 {
+        // SAFETY: bytes q·32 .. q·32 + 32 of `w` are in bounds: q < kp/2 and
+        // w.len() ≥ kp·16 (asserted above); loadu has no alignment requirement.
+        let (w0, w1) = unsafe {
+            let p = w.as_ptr().add(q * 32) as *const __m128i;
+            (_mm256_cvtepi8_epi16(_mm_loadu_si128(p)), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))))
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: elements r·kp + 2q and r·kp + 2q + 1 of `a` are in bounds (r < R,
+            // 2q + 1 < kp, a.len() ≥ R·kp); read_unaligned has no alignment requirement.
+            let pair = unsafe { (a.as_ptr().add(r * kp + 2 * q) as *const i32).read_unaligned() };
+            let av = _mm256_set1_epi32(pair);
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, w0));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, w1));
+        }
+    }
+    for (t, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds 16 i32 = two 32-byte vectors; storeu is unaligned.
+        unsafe {
+            let p = t.as_mut_ptr() as *mut __m256i;
+            _mm256_storeu_si256(p, acc[0]);
+            _mm256_storeu_si256(p.add(1), acc[1]);
+        }
+    }
+}

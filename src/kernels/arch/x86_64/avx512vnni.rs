@@ -1,0 +1,97 @@
+//! int8 GEMM with AVX-512 VNNI: `vpdpbusd` multiplies unsigned by signed bytes, four per
+//! int32 lane, without saturation. A is offset by 128 (`a ^ 0x80` = `a + 128` as u8), so
+//! `Σ (a + 128)·w = Σ a·w + 128·Σ w`; the per-channel `128·Σ w` is precomputed at packing
+//! and subtracted. Exact: the true result fits int32 (k ≤ 65536), and int32 addition wraps
+//! modulo 2^32, so even an intermediate wrap would cancel.
+//!
+//! Packed operands (made by `kernels::int8`):
+//! - A: `[m][kp]` u8 (`a + 128`), `kp` a multiple of [`KG`];
+//! - W: per block of [`NR`] output channels, per k-quad `q`, 128 bytes
+//!   `[half 0..2][channel 0..16][t 0..4] = w[block·32 + half·16 + channel][4q + t]`.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+pub const NR: usize = 32;
+pub const MR: usize = 8;
+pub const KG: usize = 4;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+}
+
+/// `out[m×n] = A · Wᵀ` on packed operands; `corr[j] = 128 · Σ_k w[j][k]`.
+pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
+    assert!(available(), "avx512vnni kernel called on a CPU without AVX-512 VNNI");
+    let np = n.div_ceil(NR) * NR;
+    assert!(kp % KG == 0, "avx512vnni: kp {kp} is not a multiple of {KG}");
+    assert_eq!(a.len(), m * kp, "avx512vnni: packed A size");
+    assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
+    assert!(corr.len() >= n, "avx512vnni: column corrections");
+    assert_eq!(out.len(), m * n, "avx512vnni: output size");
+    // SAFETY: AVX-512F and VNNI are present (asserted above with run-time detection).
+    unsafe { gemm_vnni(m, n, kp, a, w, corr, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
+    for (jb, wblock) in w.chunks_exact((kp * NR).max(1)).enumerate().take(n.div_ceil(NR)) {
+        let j0 = jb * NR;
+        let cols = NR.min(n - j0);
+        let corr = &corr[j0..j0 + cols];
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = MR.min(m - i0);
+            let a_rows = &a[i0 * kp..(i0 + rows) * kp];
+            let mut tile = [[0i32; NR]; MR];
+            match rows {
+                8 => kernel::<8>(a_rows, kp, wblock, &mut tile),
+                7 => kernel::<7>(a_rows, kp, wblock, &mut tile),
+                6 => kernel::<6>(a_rows, kp, wblock, &mut tile),
+                5 => kernel::<5>(a_rows, kp, wblock, &mut tile),
+                4 => kernel::<4>(a_rows, kp, wblock, &mut tile),
+                3 => kernel::<3>(a_rows, kp, wblock, &mut tile),
+                2 => kernel::<2>(a_rows, kp, wblock, &mut tile),
+                _ => kernel::<1>(a_rows, kp, wblock, &mut tile),
+            }
+            for (r, trow) in tile.iter().enumerate().take(rows) {
+                let o = (i0 + r) * n + j0;
+                for ((o, &t), &c) in out[o..o + cols].iter_mut().zip(&trow[..cols]).zip(corr) {
+                    *o = t.wrapping_sub(c);
+                }
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// One `R × 32` tile of biased sums `Σ_k (a[r][k] + 128) · w[c][k]`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8], tile: &mut [[i32; NR]; MR]) {
+    assert!(R <= MR && a.len() >= R * kp && w.len() >= kp * NR);
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    for q in 0..kp / 4 {
+        // SAFETY: bytes q·128 .. q·128 + 128 of `w` are in bounds: q < kp/4 and
+        // w.len() ≥ kp·32 (asserted above); loadu has no alignment requirement.
+        let (w0, w1) = unsafe {
+            let p = w.as_ptr().add(q * 128) as *const __m512i;
+            (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1)))
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: bytes r·kp + 4q .. + 4 of `a` are in bounds (r < R, 4q + 3 < kp,
+            // a.len() ≥ R·kp); read_unaligned has no alignment requirement.
+            let quad = unsafe { (a.as_ptr().add(r * kp + 4 * q) as *const i32).read_unaligned() };
+            let av = _mm512_set1_epi32(quad);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], av, w0);
+            acc[1] = _mm512_dpbusd_epi32(acc[1], av, w1);
+        }
+    }
+    for (t, acc) in tile.iter_mut().zip(&acc) {
+        // SAFETY: each tile row holds 32 i32 = two 64-byte vectors; storeu is unaligned.
+        unsafe {
+            let p = t.as_mut_ptr() as *mut __m512i;
+            _mm512_storeu_si512(p, acc[0]);
+            _mm512_storeu_si512(p.add(1), acc[1]);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! int8 × int8 → int32 GEMM for the integer path (`docs/integer-format.md` §6).
+//!
+//! `out[i, j] = Σ_k a[i, k] · w[j, k]` with `a` row-major `m × k` (activations) and `w` in
+//! PyTorch's `[out, in]` layout (`n × k`). The result is the exact integer sum: every
+//! kernel is bit-identical to [`gemm_i8_scalar`], the reference the tests hold them to.
+//!
+//! Operand contract: weights in [−127, 127] (the format's symmetric range; the NEON kernel
+//! relies on it and packing checks it), activations any int8, `k ≤` [`MAX_K`] (so the
+//! sum, and the sum plus an int32 bias of at most 2^30, fits int32).
+//!
+//! One kernel table is chosen at start-up ([`selected_isa`]): AVX-512 VNNI, else AVX2 on
+//! x86-64; NEON (ARMv8.0 `smull`/`smlal2`/`sadalp`, no dotprod) on aarch64; else scalar.
+//! `HEATVIT_GEMM_ISA=scalar|avx2|avx512vnni|neon` overrides the choice (for comparisons);
+//! an ISA this CPU lacks is refused with a warning.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// Deepest reduction: `65536 · 128 · 127 < 2^30`.
+pub const MAX_K: usize = 1 << 16;
+
+/// Why a GEMM cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GemmError {
+    #[error("gemm_i8: {what} has {got} elements, expected {want} for m={m}, k={k}, n={n}")]
+    Shape { what: &'static str, got: usize, want: usize, m: usize, k: usize, n: usize },
+    #[error("gemm_i8: k = {k} exceeds {MAX_K}; the int32 accumulator could overflow")]
+    TooDeep { k: usize },
+    #[error("gemm_i8: weight [{row}, {col}] is −128; int8 weights must lie in [−127, 127] (re-quantise the model)")]
+    WeightRange { row: usize, col: usize },
+    #[error("gemm_i8: this CPU cannot run the {isa} kernel")]
+    Unsupported { isa: Isa },
+}
+
+/// An instruction set with an int8 GEMM kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the kernel (run-time detection).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => super::arch::x86_64::avx2::available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => super::arch::x86_64::avx512vnni::available(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => super::arch::aarch64::neon::available(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every kernel this CPU can run, best last.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The best kernel for this CPU.
+    pub fn detect() -> Isa {
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.is_available()).unwrap_or(Isa::Scalar)
+    }
+
+    /// `(k granularity, output channels per packed block)` of the kernel's layout.
+    fn layout(self) -> (usize, usize) {
+        match self {
+            Isa::Scalar => (1, 1),
+            Isa::Avx2 => (2, 16),
+            Isa::Avx512Vnni => (4, 32),
+            Isa::Neon => (16, 4),
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kernel chosen for this process: detected once, logged once.
+pub fn selected_isa() -> Isa {
+    static SELECTED: OnceLock<Isa> = OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        let detected = Isa::detect();
+        let isa = match std::env::var("HEATVIT_GEMM_ISA") {
+            Ok(name) => match Isa::from_name(&name) {
+                Some(isa) if isa.is_available() => isa,
+                _ => {
+                    log::warn!("HEATVIT_GEMM_ISA={name}: not a kernel this CPU can run; using {detected}");
+                    detected
+                }
+            },
+            Err(_) => detected,
+        };
+        log::info!("int8 GEMM kernel: {isa} (available: {:?})", Isa::available());
+        isa
+    })
+}
+
+/// Weights packed once for one kernel's layout (`n × k` in, see the arch modules for
+/// the packed order), with the per-channel `128 · Σ_k w` the VNNI kernel subtracts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedWeights {
+    isa: Isa,
+    n: usize,
+    k: usize,
+    kp: usize,
+    data: Vec<i8>,
+    corr: Vec<i32>,
+}
+
+impl PackedWeights {
+    /// Packs `w` (`[n, k]`, PyTorch's `[out, in]`) for the [`selected_isa`].
+    pub fn new(w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
+        Self::with_isa(selected_isa(), w, n, k)
+    }
+
+    /// Packs `w_t` given as `[k, n]` (e.g. `V` for `P·V`, where `Vᵀ` is the `[out, in]`
+    /// operand) for the [`selected_isa`].
+    pub fn new_transposed(w_t: &[i8], k: usize, n: usize) -> Result<PackedWeights, GemmError> {
+        check_len("w", w_t.len(), k * n, 0, k, n)?;
+        Self::pack(selected_isa(), n, k, |j, t| w_t[t * n + j])
+    }
+
+    /// Packs `w` (`[n, k]`) for a given kernel (tests and benchmarks compare kernels).
+    pub fn with_isa(isa: Isa, w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
+        check_len("w", w.len(), n * k, 0, k, n)?;
+        Self::pack(isa, n, k, |j, t| w[j * k + t])
+    }
+
+    fn pack(isa: Isa, n: usize, k: usize, at: impl Fn(usize, usize) -> i8) -> Result<PackedWeights, GemmError> {
+        if !isa.is_available() {
+            return Err(GemmError::Unsupported { isa });
+        }
+        Self::pack_layout(isa, n, k, at)
+    }
+
+    /// Packs for `isa`'s layout whether or not this CPU can run it (the tests emulate
+    /// every layout on every host).
+    fn pack_layout(isa: Isa, n: usize, k: usize, at: impl Fn(usize, usize) -> i8) -> Result<PackedWeights, GemmError> {
+        if k > MAX_K {
+            return Err(GemmError::TooDeep { k });
+        }
+        let mut corr = vec![0i32; n];
+        for (j, c) in corr.iter_mut().enumerate() {
+            let mut sum = 0i32;
+            for t in 0..k {
+                let v = at(j, t);
+                if v == i8::MIN {
+                    return Err(GemmError::WeightRange { row: j, col: t });
+                }
+                sum += v as i32;
+            }
+            *c = 128 * sum;
+        }
+        let (kg, nr) = isa.layout();
+        let kp = k.div_ceil(kg) * kg;
+        let np = n.div_ceil(nr) * nr;
+        let get = |j: usize, t: usize| if j < n && t < k { at(j, t) } else { 0 };
+        let mut data = Vec::with_capacity(np * kp);
+        match isa {
+            Isa::Scalar => data.extend((0..n).flat_map(|j| (0..k).map(move |t| (j, t))).map(|(j, t)| at(j, t))),
+            // Block of 16 channels, k-pairs: [half][channel 0..8][t 0..2].
+            Isa::Avx2 => {
+                for b in 0..np / 16 {
+                    for q in 0..kp / 2 {
+                        for h in 0..2 {
+                            for c in 0..8 {
+                                data.extend((0..2).map(|t| get(b * 16 + h * 8 + c, 2 * q + t)));
+                            }
+                        }
+                    }
+                }
+            }
+            // Block of 32 channels, k-quads: [half][channel 0..16][t 0..4].
+            Isa::Avx512Vnni => {
+                for b in 0..np / 32 {
+                    for q in 0..kp / 4 {
+                        for h in 0..2 {
+                            for c in 0..16 {
+                                data.extend((0..4).map(|t| get(b * 32 + h * 16 + c, 4 * q + t)));
+                            }
+                        }
+                    }
+                }
+            }
+            // Block of 4 channels, 16-wide k chunks: [channel 0..4][t 0..16].
+            Isa::Neon => pack_neon(&mut data, np, kp, get),
+        }
+        Ok(PackedWeights { isa, n, k, kp, data, corr })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+}
+
+/// The NEON order for `rows` (a multiple of 4) rows of `kp` (a multiple of 16) columns.
+fn pack_neon(data: &mut Vec<i8>, rows: usize, kp: usize, get: impl Fn(usize, usize) -> i8) {
+    for b in 0..rows / 4 {
+        for q in 0..kp / 16 {
+            for r in 0..4 {
+                data.extend((0..16).map(|t| get(b * 4 + r, 16 * q + t)));
+            }
+        }
+    }
+}
+
+/// A for the AVX2 kernel: `[m][kp]` int16, zero padding.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_a_avx2(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<i16> {
+    let mut ap = vec![0i16; m * kp];
+    if k == 0 {
+        return ap;
+    }
+    for (dst, src) in ap.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as i16;
+        }
+    }
+    ap
+}
+
+/// A for the VNNI kernel: `[m][kp]` u8 = `a + 128` (`a ^ 0x80`); the padding is 128
+/// (= 0 after the offset) and meets zero weights either way.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_a_vnni(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<u8> {
+    let mut ap = vec![128u8; m * kp];
+    if k == 0 {
+        return ap;
+    }
+    for (dst, src) in ap.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s as u8) ^ 0x80;
+        }
+    }
+    ap
+}
+
+/// A for the NEON kernel: rows padded to a multiple of 4 with zeros, in the NEON order.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+fn pack_a_neon(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<i8> {
+    let mp = m.div_ceil(4) * 4;
+    let mut ap = Vec::with_capacity(mp * kp);
+    pack_neon(&mut ap, mp, kp, |i, t| if i < m && t < k { a[i * k + t] } else { 0 });
+    ap
+}
+
+fn check_len(what: &'static str, got: usize, want: usize, m: usize, k: usize, n: usize) -> Result<(), GemmError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(GemmError::Shape { what, got, want, m, k, n })
+    }
+}
+
+/// The reference: a plain triple loop in i32. The test oracle for every SIMD kernel.
+pub fn gemm_i8_scalar(m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mut [i32]) -> Result<(), GemmError> {
+    check_len("a", a.len(), m * k, m, k, n)?;
+    check_len("w", w.len(), n * k, m, k, n)?;
+    check_len("out", out.len(), m * n, m, k, n)?;
+    if k > MAX_K {
+        return Err(GemmError::TooDeep { k });
+    }
+    for (arow, orow) in a.chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n.max(1))) {
+        for (o, wrow) in orow.iter_mut().zip(w.chunks_exact(k.max(1))) {
+            *o = arow.iter().zip(wrow).map(|(&x, &y)| x as i32 * y as i32).sum();
+        }
+    }
+    if k == 0 {
+        out.fill(0);
+    }
+    Ok(())
+}
+
+/// `out = a · wᵀ` with `a` `m × k` and prepacked weights.
+pub fn gemm_i8_packed(m: usize, a: &[i8], w: &PackedWeights, out: &mut [i32]) -> Result<(), GemmError> {
+    let (k, n) = (w.k, w.n);
+    check_len("a", a.len(), m * k, m, k, n)?;
+    check_len("out", out.len(), m * n, m, k, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(0);
+        return Ok(());
+    }
+    let kp = w.kp;
+    match w.isa {
+        Isa::Scalar => gemm_i8_scalar(m, k, n, a, &w.data, out)?,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => super::arch::x86_64::avx2::gemm(m, n, kp, &pack_a_avx2(a, m, k, kp), &w.data, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            super::arch::x86_64::avx512vnni::gemm(m, n, kp, &pack_a_vnni(a, m, k, kp), &w.data, &w.corr, out)
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => super::arch::aarch64::neon::gemm(m, n, kp, &pack_a_neon(a, m, k, kp), &w.data, out),
+        #[allow(unreachable_patterns)]
+        isa => return Err(GemmError::Unsupported { isa }),
+    }
+    Ok(())
+}
+
+/// `out = a · wᵀ` with `a` `m × k` and `w` `n × k` (PyTorch's `[out, in]`), on the
+/// [`selected_isa`]. Packs `w` on every call (O(n·k), small next to the O(m·n·k) product
+/// for m ≫ 1); use [`PackedWeights`] for weights that are reused.
+pub fn gemm_i8(m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mut [i32]) -> Result<(), GemmError> {
+    gemm_i8_with(selected_isa(), m, k, n, a, w, out)
+}
+
+/// [`gemm_i8`] on a given kernel.
+pub fn gemm_i8_with(isa: Isa, m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mut [i32]) -> Result<(), GemmError> {
+    check_len("a", a.len(), m * k, m, k, n)?;
+    check_len("out", out.len(), m * n, m, k, n)?;
+    let packed = PackedWeights::with_isa(isa, w, n, k)?;
+    gemm_i8_packed(m, a, &packed, out)
+}
+
+#[cfg(test)]
+mod tests;

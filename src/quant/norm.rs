@@ -1,0 +1,151 @@
+//! LayerNorm of int16 residual tokens to int8 GEMM inputs, on the CPU
+//! (`docs/integer-format.md` §3). HeatViT runs LayerNorm on the ZCU102's ARM cores; so do
+//! we, and since the fabric simulator must reproduce it bit for bit, the float part is
+//! small and fully specified:
+//!
+//! 1. exact integer statistics per row: `S = Σ x_i` (i64), `c_i = D·x_i − S` (i64, the
+//!    centred value times D), `V = Σ c_i²` (i128);
+//! 2. one f64 factor per row: `k = f32( s_in / (D · sqrt(V / D³ · s_in² + eps)) )`,
+//!    evaluated exactly in that order;
+//! 3. per element, f32: `t_i = (f32(c_i) · k) · g'_i + b'_i` with `g' = γ / s_out`,
+//!    `b' = β / s_out` (f32 divisions at load), then `q_i = sat8(round_half_up(t_i))`.
+//!
+//! Every step is an IEEE operation with a single correctly rounded result (conversions,
+//! `+ − × ÷ sqrt`); Rust never contracts `a·b + c` into a fused multiply-add and this code
+//! calls no libm function, so x86-64 and aarch64 give the same bits.
+#![forbid(unsafe_code)]
+
+use super::fixed::{round_half_up, sat_i8};
+use super::tensor::check_scale;
+use super::QuantError;
+
+/// A LayerNorm with its affine parameters folded into the int8 output scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormI16 {
+    /// `γ / s_out`.
+    g: Vec<f32>,
+    /// `β / s_out`.
+    b: Vec<f32>,
+    s_in: f32,
+    eps: f32,
+}
+
+impl LayerNormI16 {
+    /// `s_in`: the residual (int16) scale; `s_out`: the int8 output scale.
+    pub fn new(gamma: &[f32], beta: &[f32], eps: f32, s_in: f32, s_out: f32) -> Result<LayerNormI16, QuantError> {
+        if gamma.len() != beta.len() || gamma.is_empty() {
+            return Err(QuantError::Shape { what: "LayerNorm beta".into(), got: beta.len(), want: gamma.len() });
+        }
+        check_scale("LayerNorm input", s_in)?;
+        check_scale("LayerNorm output", s_out)?;
+        Ok(LayerNormI16 {
+            g: gamma.iter().map(|g| g / s_out).collect(),
+            b: beta.iter().map(|b| b / s_out).collect(),
+            s_in,
+            eps,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.g.len()
+    }
+
+    /// Normalises every row of `x` (`rows × D`) into `out`.
+    pub fn apply(&self, x: &[i16], out: &mut [i8]) {
+        let d = self.dim();
+        assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
+        assert_eq!(x.len(), out.len(), "LayerNormI16: output size");
+        let d3 = (d as f64) * (d as f64) * (d as f64);
+        let s_in = self.s_in as f64;
+        for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let sum: i64 = row.iter().map(|&v| v as i64).sum();
+            let var: i128 = row
+                .iter()
+                .map(|&v| {
+                    let c = d as i64 * v as i64 - sum;
+                    c as i128 * c as i128
+                })
+                .sum();
+            let var_real = (var as f64 / d3) * (s_in * s_in);
+            let k = (s_in / (d as f64 * (var_real + self.eps as f64).sqrt())) as f32;
+            for (((o, &v), g), b) in orow.iter_mut().zip(row).zip(&self.g).zip(&self.b) {
+                let c = (d as i64 * v as i64 - sum) as f32;
+                let t = (c * k) * g + b;
+                *o = sat_i8(round_half_up(t as f64));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels;
+    use crate::quant::fixed::dequantize;
+    use proptest::prelude::*;
+
+    /// A deterministic pseudo-random int16 token matrix (xorshift).
+    fn tokens(rows: usize, d: usize, seed: u64, amp: i64) -> Vec<i16> {
+        let mut s = seed | 1;
+        (0..rows * d)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s % (2 * amp as u64 + 1)) as i64 - amp) as i16
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn matches_float_layer_norm_within_one_step(
+            seed in any::<u64>(), amp in 1i64..=32767, d in 2usize..80,
+            s_in in 1e-4f32..1.0, s_out in 0.01f32..0.2,
+        ) {
+            let x = tokens(3, d, seed, amp);
+            let gamma: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+            let beta: Vec<f32> = (0..d).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+            let ln = LayerNormI16::new(&gamma, &beta, 1e-6, s_in, s_out).unwrap();
+            let mut q = vec![0i8; x.len()];
+            ln.apply(&x, &mut q);
+            let mut f: Vec<f32> = x.iter().map(|&v| dequantize(v as i64, s_in)).collect();
+            kernels::layer_norm(&mut f, &gamma, &beta, 1e-6);
+            for (i, (&q, &f)) in q.iter().zip(&f).enumerate() {
+                let want = (f / s_out).clamp(-127.0, 127.0);
+                // One output step of rounding plus the float reference's own f32 error.
+                prop_assert!((q as f32 - want).abs() <= 0.5 + 2e-3 * want.abs().max(1.0), "{i}: {q} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn constant_rows_give_beta() {
+        let ln = LayerNormI16::new(&[1.0; 4], &[0.5, -0.5, 0.0, 1.0], 1e-6, 0.01, 0.1).unwrap();
+        let mut q = [0i8; 8];
+        ln.apply(&[300, 300, 300, 300, -32767, -32767, -32767, -32767], &mut q);
+        assert_eq!(q, [5, -5, 0, 10, 5, -5, 0, 10]);
+    }
+
+    /// Cross-architecture check: CI runs this on x86-64 and under qemu for the A53; both
+    /// must produce this digest. If the formula changes on purpose, the new digest is
+    /// printed by the failing assertion — update it and say why in the commit.
+    #[test]
+    fn golden_digest_is_the_same_on_every_architecture() {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for (seed, d, amp, s_in, s_out) in [(1u64, 192, 32767, 3e-3f32, 0.05f32), (2, 64, 4000, 1e-2, 0.03), (3, 768, 200, 0.2, 0.11)] {
+            let x = tokens(17, d, seed, amp);
+            let gamma: Vec<f32> = (0..d).map(|i| 0.3 + (i % 11) as f32 * 0.173).collect();
+            let beta: Vec<f32> = (0..d).map(|i| (i % 13) as f32 * 0.071 - 0.4).collect();
+            let ln = LayerNormI16::new(&gamma, &beta, 1e-6, s_in, s_out).unwrap();
+            let mut q = vec![0i8; x.len()];
+            ln.apply(&x, &mut q);
+            for v in q {
+                h = (h ^ v as u8 as u64).wrapping_mul(0x100000001b3);
+            }
+        }
+        assert_eq!(h, GOLDEN_LN_DIGEST, "LayerNormI16 digest changed: {h:#018x}");
+    }
+
+    const GOLDEN_LN_DIGEST: u64 = 0xc2b95f2e3153d946;
+}
