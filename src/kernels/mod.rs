@@ -16,7 +16,7 @@ pub use int8::{gemm_i8, gemm_i8_packed, GemmError, Isa, PackedWeights};
 /// `y[m×out] = x[m×in] · Wᵀ + b`, with `w` in PyTorch's `[out, in]` row-major layout.
 pub fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out_features: usize, y: &mut [f32]) {
     assert_eq!(b.len(), out_features, "linear: bias length");
-    assert!(out_features > 0 && w.len() % out_features == 0, "linear: weight shape");
+    assert!(out_features > 0 && w.len().is_multiple_of(out_features), "linear: weight shape");
     let k = w.len() / out_features;
     assert_eq!(x.len(), m * k, "linear: input shape");
     assert_eq!(y.len(), m * out_features, "linear: output shape");

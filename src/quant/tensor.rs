@@ -41,7 +41,7 @@ pub struct WeightsI8 {
 impl WeightsI8 {
     /// `scales[o] = max_i |w[o, i]| / 127` (f32), `q = sat(round_half_up(w / scales[o]))`.
     pub fn quantize(w: &[f32], out_features: usize, what: &str) -> Result<WeightsI8, QuantError> {
-        if out_features == 0 || w.len() % out_features != 0 {
+        if out_features == 0 || !w.len().is_multiple_of(out_features) {
             return Err(QuantError::Shape { what: what.into(), got: w.len(), want: out_features });
         }
         if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {

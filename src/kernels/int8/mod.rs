@@ -17,6 +17,8 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+pub mod bench;
+
 /// Deepest reduction: `65536 · 128 · 127 < 2^30`.
 pub const MAX_K: usize = 1 << 16;
 

@@ -147,6 +147,25 @@ fn transposed_packing_is_the_same_operand() {
 }
 
 #[test]
+fn peak_loops_do_the_work_they_are_credited_with() {
+    for isa in simd_isas() {
+        let (got, want) = bench::peak_checksum(isa, 1000).unwrap();
+        assert_eq!(got, want, "{isa}");
+        assert!(bench::peak_gmacs(isa, 1000, 1).unwrap() > 0.0);
+    }
+    assert_eq!(bench::peak_gmacs(Isa::Scalar, 10, 1), None);
+}
+
+#[test]
+fn gemm_timing_reports_the_shape() {
+    for isa in Isa::available() {
+        let t = bench::time_gemm(isa, "tiny", 3, 5, 7, 0, 2).unwrap();
+        assert_eq!((t.m, t.k, t.n, t.runs), (3, 5, 7, 2));
+        assert!(t.min_us <= t.median_us && t.gmacs_best >= t.gmacs_median);
+    }
+}
+
+#[test]
 fn isa_names_round_trip() {
     for isa in Isa::ALL {
         assert_eq!(Isa::from_name(isa.name()), Some(isa));

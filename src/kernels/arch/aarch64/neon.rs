@@ -24,7 +24,7 @@ pub fn available() -> bool {
 pub fn gemm(m: usize, n: usize, kp: usize, a: &[i8], w: &[i8], out: &mut [i32]) {
     assert!(available(), "neon kernel called on a CPU without NEON");
     let (mp, np) = (m.div_ceil(MR) * MR, n.div_ceil(NR) * NR);
-    assert!(kp % KG == 0, "neon: kp {kp} is not a multiple of {KG}");
+    assert!(kp.is_multiple_of(KG), "neon: kp {kp} is not a multiple of {KG}");
     assert_eq!(a.len(), mp * kp, "neon: packed A size");
     assert_eq!(w.len(), np * kp, "neon: packed W size");
     assert_eq!(out.len(), m * n, "neon: output size");
@@ -85,4 +85,35 @@ fn kernel(a: &[i8], w: &[i8], kp: usize) -> [[i32; NR]; MR] {
         }
     }
     tile
+}
+
+/// MACs per iteration of [`peak`]: 8 independent `smull` + `smlal2` + `sadalp` chains
+/// (16 MACs each).
+pub const PEAK_MACS_PER_ITER: u64 = 8 * 16;
+
+/// The instruction-throughput ceiling of this kernel's inner step on register operands
+/// (all bytes 1). Returns the sum of all lanes (`PEAK_MACS_PER_ITER · iters`, wrapping)
+/// so the work cannot be elided.
+pub fn peak(iters: u64) -> i32 {
+    assert!(available(), "neon peak called on a CPU without NEON");
+    // SAFETY: NEON is present (asserted above with run-time detection).
+    unsafe { peak_neon(iters) }
+}
+
+#[target_feature(enable = "neon")]
+fn peak_neon(iters: u64) -> i32 {
+    let mut ops = [vdupq_n_s8(std::hint::black_box(1)); 8];
+    let mut acc = [vdupq_n_s32(0); 8];
+    for _ in 0..iters {
+        for (a, op) in acc.iter_mut().zip(ops.iter_mut()) {
+            // SAFETY: an empty asm block that only claims to modify the register it is
+            // given: each chain's operand is then opaque, so the compiler can neither hoist
+            // the products out of the loop nor merge the chains' identical ones.
+            unsafe { std::arch::asm!("/* {0:v} */", inout(vreg) *op, options(nomem, nostack, preserves_flags)) };
+            let p = vmull_s8(vget_low_s8(*op), vget_low_s8(*op));
+            let p = vmlal_high_s8(p, *op, *op);
+            *a = vpadalq_s16(*a, p);
+        }
+    }
+    acc.iter().fold(0i32, |t, &a| t.wrapping_add(vaddvq_s32(a)))
 }

@@ -26,7 +26,7 @@ pub fn available() -> bool {
 pub fn gemm(m: usize, n: usize, kp: usize, a: &[i16], w: &[i8], out: &mut [i32]) {
     assert!(available(), "avx2 kernel called on a CPU without AVX2");
     let np = n.div_ceil(NR) * NR;
-    assert!(kp % KG == 0, "avx2: kp {kp} is not a multiple of {KG}");
+    assert!(kp.is_multiple_of(KG), "avx2: kp {kp} is not a multiple of {KG}");
     assert_eq!(a.len(), m * kp, "avx2: packed A size");
     assert_eq!(w.len(), np * kp, "avx2: packed W size");
     assert_eq!(out.len(), m * n, "avx2: output size");
@@ -88,4 +88,40 @@ fn kernel<const R: usize>(a: &[i16], kp: usize, w: &[i8], tile: &mut [[i32; NR];
             _mm256_storeu_si256(p.add(1), acc[1]);
         }
     }
+}
+
+/// MACs per iteration of [`peak`]: 6 independent `vpmaddwd` (16 MACs each; 6 chains of
+/// operand + accumulator fit the 16 ymm registers without spilling).
+pub const PEAK_MACS_PER_ITER: u64 = 6 * 16;
+
+/// The instruction-throughput ceiling of this kernel's inner step: `iters` rounds of 6
+/// independent `vpmaddwd` + `vpaddd` chains on register operands (all 1s). Returns the sum
+/// of all lanes (`PEAK_MACS_PER_ITER · iters`, wrapping) so the work cannot be elided.
+pub fn peak(iters: u64) -> i32 {
+    assert!(available(), "avx2 peak called on a CPU without AVX2");
+    // SAFETY: AVX2 is present (asserted above with run-time detection).
+    unsafe { peak_avx2(iters) }
+}
+
+#[target_feature(enable = "avx2")]
+fn peak_avx2(iters: u64) -> i32 {
+    let mut ops = [_mm256_set1_epi16(std::hint::black_box(1)); 6];
+    let mut acc = [_mm256_setzero_si256(); 6];
+    for _ in 0..iters {
+        for (a, op) in acc.iter_mut().zip(ops.iter_mut()) {
+            // SAFETY: an empty asm block that only claims to modify the register it is
+            // given: each chain's operand is then opaque, so the compiler can neither hoist
+            // `vpmaddwd` out of the loop nor merge the chains' identical products.
+            unsafe { std::arch::asm!("/* {0} */", inout(ymm_reg) *op, options(nomem, nostack, preserves_flags)) };
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*op, *op));
+        }
+    }
+    let mut lanes = [0i32; 8];
+    let mut total = 0i32;
+    for a in acc {
+        // SAFETY: `lanes` holds 8 i32 = one 32-byte vector; storeu is unaligned.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a) };
+        total = lanes.iter().fold(total, |t, &l| t.wrapping_add(l));
+    }
+    total
 }

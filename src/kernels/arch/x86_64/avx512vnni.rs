@@ -24,7 +24,7 @@ pub fn available() -> bool {
 pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
     assert!(available(), "avx512vnni kernel called on a CPU without AVX-512 VNNI");
     let np = n.div_ceil(NR) * NR;
-    assert!(kp % KG == 0, "avx512vnni: kp {kp} is not a multiple of {KG}");
+    assert!(kp.is_multiple_of(KG), "avx512vnni: kp {kp} is not a multiple of {KG}");
     assert_eq!(a.len(), m * kp, "avx512vnni: packed A size");
     assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
     assert!(corr.len() >= n, "avx512vnni: column corrections");
@@ -94,4 +94,28 @@ fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8], tile: &mut [[i32; NR]; 
             _mm512_storeu_si512(p.add(1), acc[1]);
         }
     }
+}
+
+/// MACs per iteration of [`peak`]: 12 independent `vpdpbusd` (64 MACs each).
+pub const PEAK_MACS_PER_ITER: u64 = 12 * 64;
+
+/// The instruction-throughput ceiling of this kernel's inner step: `iters` rounds of 12
+/// independent `vpdpbusd` chains on register operands (all bytes 1). Returns the sum of
+/// all lanes (`PEAK_MACS_PER_ITER · iters`, wrapping) so the work cannot be elided.
+pub fn peak(iters: u64) -> i32 {
+    assert!(available(), "avx512vnni peak called on a CPU without AVX-512 VNNI");
+    // SAFETY: AVX-512F and VNNI are present (asserted above with run-time detection).
+    unsafe { peak_vnni(iters) }
+}
+
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn peak_vnni(iters: u64) -> i32 {
+    let ones = _mm512_set1_epi8(std::hint::black_box(1));
+    let mut acc = [_mm512_setzero_si512(); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbusd_epi32(*a, ones, ones);
+        }
+    }
+    acc.iter().fold(0i32, |t, &a| t.wrapping_add(_mm512_reduce_add_epi32(a)))
 }
