@@ -31,6 +31,8 @@ pub enum QuantError {
     BadScale { what: String, value: f32 },
     #[error("{what}: {got} values, expected {want}")]
     Shape { what: String, got: usize, want: usize },
+    #[error("{what}: {len} weights do not split into {out_features} output channels")]
+    Rows { what: String, len: usize, out_features: usize },
     #[error("{what}: value {value} at index {index} is not finite")]
     NotFinite { what: String, index: usize, value: f32 },
 }
