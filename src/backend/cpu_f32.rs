@@ -6,19 +6,30 @@ use std::sync::Arc;
 
 use super::{Backend, BackendError, Layout};
 use crate::model::pruning::{compact_f32, Decision};
-use crate::model::vit::{self, Tokens};
+use crate::model::vit::{self, NoObserver, Observer, Tokens};
 use crate::model::Model;
 
 pub struct CpuF32 {
     model: Arc<Model>,
     state: Option<(Tokens, Layout)>,
+    observer: Box<dyn Observer + Send>,
 }
 
 impl CpuF32 {
     pub const NAME: &'static str = "cpu-f32";
 
     pub fn new(model: Arc<Model>) -> CpuF32 {
-        CpuF32 { model, state: None }
+        CpuF32 { model, state: None, observer: Box::new(NoObserver) }
+    }
+
+    /// A float backend that shows its activations to `observer` (calibration).
+    pub fn with_observer(model: Arc<Model>, observer: Box<dyn Observer + Send>) -> CpuF32 {
+        CpuF32 { model, state: None, observer }
+    }
+
+    /// Gives the observer back (after the images ran).
+    pub fn into_observer(self) -> Box<dyn Observer + Send> {
+        self.observer
     }
 
     fn state(&mut self, what: &str) -> Result<&mut (Tokens, Layout), BackendError> {
@@ -43,7 +54,7 @@ impl Backend for CpuF32 {
                 msg: format!("input tensor has {} values, expected {want}", image.len()),
             });
         }
-        let tokens = vit::embed(cfg, &self.model.weights, image);
+        let tokens = vit::embed(cfg, &self.model.weights, image, self.observer.as_mut());
         let layout = Layout { live: cfg.num_patches(), packages: 0 };
         self.state = Some((tokens, layout));
         Ok(layout)
@@ -51,21 +62,29 @@ impl Backend for CpuF32 {
 
     fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError> {
         let model = Arc::clone(&self.model);
-        let (tokens, _) = self.state("run_blocks")?;
+        let obs = &mut self.observer;
+        let (tokens, _) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
+            backend: Self::NAME,
+            msg: "run_blocks before begin".into(),
+        })?;
         for b in blocks {
-            vit::block(&model.config, &model.weights.blocks[b], tokens);
+            vit::block(&model.config, &model.weights.blocks[b], b, tokens, obs.as_mut());
         }
         Ok(())
     }
 
     fn score(&mut self, stage: usize) -> Result<Vec<f32>, BackendError> {
         let model = Arc::clone(&self.model);
-        let (tokens, layout) = self.state("score")?;
         let sel = model.weights.selectors.get(stage).ok_or_else(|| BackendError::Failed {
             backend: Self::NAME,
             msg: format!("model has no selector for stage {stage}"),
         })?;
-        Ok(vit::selector_scores(&model.config, sel, tokens, layout.live))
+        let obs = &mut self.observer;
+        let (tokens, layout) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
+            backend: Self::NAME,
+            msg: "score before begin".into(),
+        })?;
+        Ok(vit::selector_scores(&model.config, sel, stage, tokens, layout.live, obs.as_mut()))
     }
 
     fn compact(&mut self, decision: &Decision, scores: &[f32]) -> Result<Layout, BackendError> {
@@ -82,8 +101,12 @@ impl Backend for CpuF32 {
 
     fn logits(&mut self) -> Result<Vec<f32>, BackendError> {
         let model = Arc::clone(&self.model);
-        let (tokens, _) = self.state("logits")?;
-        let logits = vit::head(&model.config, &model.weights, tokens);
+        let obs = &mut self.observer;
+        let (tokens, _) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
+            backend: Self::NAME,
+            msg: "logits before begin".into(),
+        })?;
+        let logits = vit::head(&model.config, &model.weights, tokens, obs.as_mut());
         self.state = None;
         Ok(logits)
     }

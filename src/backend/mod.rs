@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpu_f32;
+pub mod cpu_int8;
 
 use std::ops::Range;
 
@@ -60,19 +61,36 @@ pub trait Backend {
 pub enum BackendChoice {
     /// The FPGA when one is present, else the best CPU backend for the model.
     Auto,
-    /// The best CPU backend for the model.
+    /// The best CPU backend for the model: `cpu-int8` for a quantised model, else `cpu-f32`.
     Cpu,
     /// The float reference on the CPU.
     CpuF32,
+    /// The 8-bit integer path on the CPU (needs a quantised model).
+    CpuInt8,
 }
 
-/// Creates the backend for `choice`, logging why `auto` chose what it chose.
-pub fn select(choice: BackendChoice, model: std::sync::Arc<crate::model::Model>) -> Result<Box<dyn Backend>, BackendError> {
-    match choice {
-        BackendChoice::Auto => {
-            log::info!("backend auto: this build has no FPGA driver yet; using {}", cpu_f32::CpuF32::NAME);
+/// Creates the backend for `choice`, logging why `auto` chose what it chose. `threads`
+/// is the number of threads one image may use.
+pub fn select(
+    choice: BackendChoice,
+    model: std::sync::Arc<crate::model::Model>,
+    threads: usize,
+) -> Result<Box<dyn Backend>, BackendError> {
+    let best_cpu = |model: std::sync::Arc<crate::model::Model>| -> Result<Box<dyn Backend>, BackendError> {
+        if model.quant.is_some() {
+            Ok(Box::new(cpu_int8::CpuInt8::new(model, threads)?))
+        } else {
             Ok(Box::new(cpu_f32::CpuF32::new(model)))
         }
-        BackendChoice::Cpu | BackendChoice::CpuF32 => Ok(Box::new(cpu_f32::CpuF32::new(model))),
+    };
+    match choice {
+        BackendChoice::Auto => {
+            let b = best_cpu(model)?;
+            log::info!("backend auto: this build has no FPGA driver yet; using {}", b.name());
+            Ok(b)
+        }
+        BackendChoice::Cpu => best_cpu(model),
+        BackendChoice::CpuF32 => Ok(Box::new(cpu_f32::CpuF32::new(model))),
+        BackendChoice::CpuInt8 => Ok(Box::new(cpu_int8::CpuInt8::new(model, threads)?)),
     }
 }

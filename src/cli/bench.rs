@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also time the int8 GEMM kernel on the DeiT-T shapes and measure this core's int8
+    /// peak (the kernel's inner loop on registers).
+    #[arg(long)]
+    gemm: bool,
 }
 
 #[derive(Serialize)]
@@ -51,6 +55,74 @@ struct Report {
     peak_rss_mb: Option<f64>,
     /// Median and min of each part of the forward pass, in order.
     spans: Vec<SpanStats>,
+    /// With `--gemm`: the int8 kernel on the DeiT-T shapes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gemm: Option<GemmReport>,
+}
+
+#[derive(Serialize)]
+struct GemmReport {
+    isa: String,
+    /// Peak of the kernel's inner instruction sequence on registers, GMAC/s.
+    peak_gmacs: Option<f64>,
+    shapes: Vec<GemmShape>,
+}
+
+#[derive(Serialize)]
+struct GemmShape {
+    name: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    median_gmacs: f64,
+    best_gmacs: f64,
+    pct_of_peak: Option<f64>,
+}
+
+fn gemm_report(runs: usize) -> Result<GemmReport> {
+    use crate::kernels::int8::{bench, selected_isa};
+    let isa = selected_isa();
+    let peak = bench::peak_gmacs(isa, 2_000_000, 5);
+    let mut shapes = Vec::new();
+    for (name, m, k, n) in bench::DEIT_TINY_SHAPES {
+        let t = bench::time_gemm(isa, name, m, k, n, 5, runs.max(20))?;
+        shapes.push(GemmShape {
+            name: name.to_string(),
+            m,
+            k,
+            n,
+            median_gmacs: t.gmacs_median,
+            best_gmacs: t.gmacs_best,
+            pct_of_peak: peak.map(|p| 100.0 * t.gmacs_median / p),
+        });
+    }
+    Ok(GemmReport { isa: isa.to_string(), peak_gmacs: peak, shapes })
+}
+
+/// A one-line progress indicator on stderr, only when stderr is a terminal and the runs
+/// take long enough to wonder about.
+struct Progress {
+    on: bool,
+    total: usize,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress { on: std::io::stderr().is_terminal(), total, start: Instant::now() }
+    }
+
+    fn tick(&self, done: usize) {
+        if self.on && self.start.elapsed().as_secs_f64() > 2.0 {
+            let width = 30;
+            let filled = width * done / self.total.max(1);
+            eprint!("\r[{}{}] {done}/{} runs", "#".repeat(filled), " ".repeat(width - filled), self.total);
+            if done == self.total {
+                eprintln!();
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -58,6 +130,11 @@ struct SpanStats {
     name: String,
     median_ms: f64,
     min_ms: f64,
+}
+
+/// A deterministic input tensor (values in [−1, 1)), different per `seed`.
+fn synthetic_image(size: usize, seed: usize) -> Vec<f32> {
+    (0..3 * size * size).map(|i| (((i + 131 * seed) * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -85,7 +162,15 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         Some(name) => {
             let cfg = synthetic::named_config(name)
                 .with_context(|| format!("unknown --synthetic {name:?} (deit-tiny, deit-small, deit-base)"))?;
-            Arc::new(synthetic::random_model(cfg, 0x5eed))
+            let mut m = synthetic::random_model(cfg, 0x5eed);
+            if args.model.backend == crate::backend::BackendChoice::CpuInt8 {
+                // Quantise in memory, calibrated on a few deterministic synthetic images.
+                let m0 = Arc::new(m.clone());
+                let images: Vec<Vec<f32>> = (0..4).map(|seed| synthetic_image(m.config.image_size, seed)).collect();
+                let (q, _) = crate::quant::calibrate::calibrate_and_quantize(&m0, &images)?;
+                m.quant = Some(Arc::new(q));
+            }
+            Arc::new(m)
         }
         None => {
             let dir = args.model.model_dir()?;
@@ -96,10 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
     let cfg = &model.config;
     let tensor = match &args.image {
         Some(p) => preprocess::load(cfg, p)?.tensor,
-        None => {
-            let s = cfg.image_size;
-            (0..3 * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
-        }
+        None => synthetic_image(cfg.image_size, 0),
     };
     for _ in 0..args.warmup {
         engine.run(&tensor)?;
@@ -107,7 +189,8 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
     let mut times = Vec::with_capacity(args.runs);
     let mut span_times: Vec<(String, Vec<f64>)> = Vec::new();
     let mut last = None;
-    for _ in 0..args.runs {
+    let progress = Progress::new(args.runs);
+    for run in 0..args.runs {
         let t = Instant::now();
         let inf = engine.run(&tensor)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -120,6 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             v.push(s.ms);
         }
         last = Some(inf);
+        progress.tick(run + 1);
     }
     let inf = last.expect("runs ≥ 1");
     let mut sorted = times.clone();
@@ -146,6 +230,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         kept_per_stage: inf.stages.iter().map(|s| s.kept).collect(),
         peak_rss_mb: peak_rss_mb(),
         spans,
+        gemm: if args.gemm { Some(gemm_report(args.runs)?) } else { None },
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -167,6 +252,21 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         let parts: Vec<String> =
             report.spans.iter().map(|s| format!("{} {:.2}/{:.2}", s.name, s.median_ms, s.min_ms)).collect();
         println!("  per part (median/min ms): {}", parts.join(", "));
+        if let Some(g) = &report.gemm {
+            println!("  int8 GEMM ({}), peak {}:", g.isa, g.peak_gmacs.map(|p| format!("{p:.1} GMAC/s")).unwrap_or_else(|| "n/a".into()));
+            for sh in &g.shapes {
+                println!(
+                    "    {:<6} {}×{}×{}: median {:.1} GMAC/s, best {:.1}{}",
+                    sh.name,
+                    sh.m,
+                    sh.k,
+                    sh.n,
+                    sh.median_gmacs,
+                    sh.best_gmacs,
+                    sh.pct_of_peak.map(|p| format!(" ({p:.0}% of peak)")).unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(EXIT_OK)
 }

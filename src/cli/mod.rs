@@ -8,6 +8,7 @@ mod bench;
 mod eval;
 mod heatmap;
 mod output;
+mod quantize;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Top-1 accuracy, tokens kept and MACs on a labelled idx data set (e.g. Fashion-MNIST).
     Eval(eval::EvalArgs),
+    /// Calibrate on images and write a quantised (int8) model directory.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Options that choose the model, backend and pruning schedule.
@@ -69,6 +72,14 @@ pub struct ModelArgs {
     /// Override the adaptive keep threshold (0..1).
     #[arg(long, value_name = "F")]
     pub threshold: Option<f64>,
+    /// Override the cumulative keep ratios of `topk` mode, one per selector
+    /// (e.g. 0.7,0.49,0.343).
+    #[arg(long, value_name = "R,R,..", value_delimiter = ',')]
+    pub keep_ratios: Option<Vec<f64>>,
+    /// Threads one image may use (the integer backend splits its GEMMs and attention
+    /// heads; results do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 fn parse_mode(s: &str) -> Result<PruningMode, String> {
@@ -120,6 +131,9 @@ impl ModelArgs {
         if let Some(t) = self.threshold {
             p.threshold = t;
         }
+        if let Some(r) = &self.keep_ratios {
+            p.keep_ratios = r.clone();
+        }
         p
     }
 
@@ -132,7 +146,7 @@ impl ModelArgs {
 
     pub fn engine_for(&self, model: Arc<Model>) -> Result<Engine> {
         let pruning = self.pruning(&model);
-        let backend = backend::select(self.backend, Arc::clone(&model))?;
+        let backend = backend::select(self.backend, Arc::clone(&model), self.threads as usize)?;
         Ok(Engine::new(model, pruning, backend)?)
     }
 }
@@ -150,6 +164,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Eval(args)) => eval::run(&args),
+        Some(Command::Quantize(args)) => quantize::run(&args),
         None => run(&cli.run),
     };
     match result {

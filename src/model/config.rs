@@ -155,13 +155,13 @@ impl Config {
         if self.image_size > 4096 || self.embed_dim > 8192 || self.depth > 256 || self.num_classes > 1_000_000 {
             return Err("geometry is implausibly large (image_size ≤ 4096, embed_dim ≤ 8192, depth ≤ 256)".into());
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "embed_dim {} is not a multiple of num_heads {}",
                 self.embed_dim, self.num_heads
@@ -198,7 +198,7 @@ impl Config {
         }
         if stages > 0 {
             let d = self.head_dim();
-            if d % 4 != 0 {
+            if !d.is_multiple_of(4) {
                 return Err(format!(
                     "head dim {d} (embed_dim / num_heads) must be a multiple of 4 for the token selector"
                 ));

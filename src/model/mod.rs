@@ -41,6 +41,8 @@ pub enum ModelError {
     Labels { path: PathBuf, msg: String },
     #[error("model has no token selector weights (selectors.*); run it with --pruning none")]
     NoSelectors,
+    #[error(transparent)]
+    Quant(#[from] crate::quant::model::QuantModelError),
 }
 
 fn list(names: &[String]) -> String {
@@ -138,6 +140,8 @@ pub struct Model {
     pub labels: Vec<String>,
     pub card: ModelCard,
     pub weights: Weights,
+    /// The integer model, when the directory holds `model.int8.safetensors`.
+    pub quant: Option<std::sync::Arc<crate::quant::model::QuantModel>>,
 }
 
 impl Model {
@@ -164,7 +168,12 @@ impl Model {
         let store = TensorStore::open(&dir.join("model.safetensors"))?;
         let weights = Weights::from_store(&config, &store)?;
         store.finish()?;
-        Ok(Model { dir: dir.to_path_buf(), config, labels, card, weights })
+        let quant = if dir.join(crate::quant::model::INT8_FILE).exists() {
+            Some(std::sync::Arc::new(crate::quant::model::QuantModel::load(dir, &config)?))
+        } else {
+            None
+        };
+        Ok(Model { dir: dir.to_path_buf(), config, labels, card, weights, quant })
     }
 
     /// The name to show for this model.

@@ -95,16 +95,7 @@ pub fn decide(cfg: &PruningConfig, stage: usize, n0: usize, scores: &[f32]) -> D
 /// returns `[CLS, kept…, packages…, P_new]`, dense. `P_new = Σ p_j x_j / Σ p_j` over the
 /// pruned tokens (their plain mean when `Σ p_j` is 0); no package when nothing is pruned.
 pub fn compact_f32(data: &[f32], dim: usize, live: usize, decision: &Decision, scores: &[f32]) -> Vec<f32> {
-    let rows = data.len() / dim;
-    let packages = rows - 1 - live;
-    let new_rows = 1 + decision.kept.len() + packages + usize::from(decision.makes_package());
-    let mut out = Vec::with_capacity(new_rows * dim);
-    out.extend_from_slice(&data[..dim]);
-    for &j in &decision.kept {
-        out.extend_from_slice(&data[(1 + j) * dim..(2 + j) * dim]);
-    }
-    out.extend_from_slice(&data[(1 + live) * dim..]);
-    if decision.makes_package() {
+    compact_rows(data, dim, live, decision, || {
         let wsum: f32 = decision.pruned.iter().map(|&j| scores[j]).sum();
         let mut pkg = vec![0.0f32; dim];
         let (weights, norm): (Vec<f32>, f32) = if wsum > 0.0 {
@@ -117,7 +108,32 @@ pub fn compact_f32(data: &[f32], dim: usize, live: usize, decision: &Decision, s
                 *p += w * x;
             }
         }
-        out.extend(pkg.iter().map(|p| p / norm));
+        pkg.iter().map(|p| p / norm).collect()
+    })
+}
+
+/// The row movement of a compaction, for any element type: `[CLS, kept, packages,
+/// P_new]` where `package` computes `P_new` (called only when something was pruned).
+pub fn compact_rows<T: Copy>(
+    data: &[T],
+    dim: usize,
+    live: usize,
+    decision: &Decision,
+    package: impl FnOnce() -> Vec<T>,
+) -> Vec<T> {
+    let rows = data.len() / dim;
+    let packages = rows - 1 - live;
+    let new_rows = 1 + decision.kept.len() + packages + usize::from(decision.makes_package());
+    let mut out = Vec::with_capacity(new_rows * dim);
+    out.extend_from_slice(&data[..dim]);
+    for &j in &decision.kept {
+        out.extend_from_slice(&data[(1 + j) * dim..(2 + j) * dim]);
+    }
+    out.extend_from_slice(&data[(1 + live) * dim..]);
+    if decision.makes_package() {
+        let pkg = package();
+        assert_eq!(pkg.len(), dim, "compact_rows: package width");
+        out.extend_from_slice(&pkg);
     }
     debug_assert_eq!(out.len(), new_rows * dim);
     out

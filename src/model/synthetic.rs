@@ -135,6 +135,7 @@ pub fn random_model(cfg: Config, seed: u64) -> Model {
     let weights = Weights::from_store(&cfg, &store).expect("synthetic tensors match their own config");
     let labels = (0..cfg.num_classes).map(|i| format!("class {i}")).collect();
     Model {
+        quant: None,
         dir: Path::new("<synthetic>").to_path_buf(),
         config: cfg,
         labels,

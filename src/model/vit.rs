@@ -15,6 +15,33 @@ pub struct Tokens {
     pub dim: usize,
 }
 
+/// Sees the float activations at the points where the integer format needs a scale
+/// (`docs/integer-format.md` §7): calibration implements it; inference passes
+/// [`NoObserver`]. Names are `image`, `embed`, `blocks.{i}.{norm1,q,k,v,ctx,res_attn,norm2,
+/// hidden,res_mlp}`, `selectors.{s}.heads.{h}.{norm,u,f2,f3}`, `selectors.{s}.{gate_in,
+/// gate_hidden}` and `norm`.
+pub trait Observer {
+    /// Whether [`Observer::see`] wants to be called (saves building the names).
+    fn active(&self) -> bool;
+    fn see(&mut self, name: &str, data: &[f32]);
+}
+
+/// The observer of ordinary inference: sees nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn active(&self) -> bool {
+        false
+    }
+    fn see(&mut self, _name: &str, _data: &[f32]) {}
+}
+
+fn note(obs: &mut dyn Observer, name: impl FnOnce() -> String, data: &[f32]) {
+    if obs.active() {
+        obs.see(&name(), data);
+    }
+}
+
 impl Tokens {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
@@ -35,9 +62,10 @@ fn apply_norm(n: &Norm, x: &[f32], eps: f32) -> Vec<f32> {
 
 /// Patch embedding + CLS + positional embedding. `image` is the normalised CHW tensor
 /// (3 × S × S).
-pub fn embed(cfg: &Config, w: &Weights, image: &[f32]) -> Tokens {
+pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -> Tokens {
     let (s, p, d) = (cfg.image_size, cfg.patch_size, cfg.embed_dim);
     assert_eq!(image.len(), 3 * s * s, "embed: image tensor size");
+    note(obs, || "image".into(), image);
     let g = cfg.grid();
     let n0 = g * g;
     let k = 3 * p * p;
@@ -68,17 +96,25 @@ pub fn embed(cfg: &Config, w: &Weights, image: &[f32]) -> Tokens {
             *o = x + pe;
         }
     }
+    note(obs, || "embed".into(), &data);
     Tokens { data, rows: 1 + n0, dim: d }
 }
 
-/// One pre-norm transformer block, in place.
-pub fn block(cfg: &Config, b: &BlockWeights, x: &mut Tokens) {
+/// One pre-norm transformer block (number `index`), in place.
+pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: &mut dyn Observer) {
     let (n, d, h) = (x.rows, x.dim, cfg.num_heads);
     let hd = d / h;
     let eps = cfg.ln_eps as f32;
     // Attention.
     let y = apply_norm(&b.norm1, &x.data, eps);
+    note(obs, || format!("blocks.{index}.norm1"), &y);
     let qkv = apply_linear(&b.qkv, &y, n);
+    if obs.active() {
+        for (part, name) in ["q", "k", "v"].iter().enumerate() {
+            let cols: Vec<f32> = qkv.chunks_exact(3 * d).flat_map(|r| r[part * d..(part + 1) * d].to_vec()).collect();
+            obs.see(&format!("blocks.{index}.{name}"), &cols);
+        }
+    }
     let mut ctx = vec![0.0f32; n * d];
     let mut scores = vec![0.0f32; n * n];
     let scale = (hd as f32).powf(-0.5);
@@ -100,23 +136,35 @@ pub fn block(cfg: &Config, b: &BlockWeights, x: &mut Tokens) {
             MatMut { data: &mut ctx[head * hd..], rows: n, cols: hd, rs: d, cs: 1 },
         );
     }
+    note(obs, || format!("blocks.{index}.ctx"), &ctx);
     let attn = apply_linear(&b.proj, &ctx, n);
     for (v, a) in x.data.iter_mut().zip(&attn) {
         *v += a;
     }
+    note(obs, || format!("blocks.{index}.res_attn"), &x.data);
     // MLP.
     let y = apply_norm(&b.norm2, &x.data, eps);
+    note(obs, || format!("blocks.{index}.norm2"), &y);
     let mut hid = apply_linear(&b.fc1, &y, n);
     kernels::gelu_inplace(&mut hid);
+    note(obs, || format!("blocks.{index}.hidden"), &hid);
     let out = apply_linear(&b.fc2, &hid, n);
     for (v, a) in x.data.iter_mut().zip(&out) {
         *v += a;
     }
+    note(obs, || format!("blocks.{index}.res_mlp"), &x.data);
 }
 
 /// Fused keep probability `p_j` of each of the `live` patch tokens (rows `1..=live`),
 /// spec §2. Returns an empty vector when there is nothing to score.
-pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: usize) -> Vec<f32> {
+pub fn selector_scores(
+    cfg: &Config,
+    sel: &SelectorWeights,
+    stage: usize,
+    x: &Tokens,
+    live: usize,
+    obs: &mut dyn Observer,
+) -> Vec<f32> {
     if live == 0 {
         return Vec::new();
     }
@@ -134,8 +182,10 @@ pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: us
             means[j * h + head] = src.iter().sum::<f32>() / d as f32;
         }
         let y = apply_norm(&hw.norm, &xh, eps);
+        note(obs, || format!("selectors.{stage}.heads.{head}.norm"), &y);
         let mut u = apply_linear(&hw.fc1, &y, live);
         kernels::gelu_inplace(&mut u);
+        note(obs, || format!("selectors.{stage}.heads.{head}.u"), &u);
         // Global half: mean over the live tokens, broadcast to every row.
         let half = d / 2;
         let mut global = vec![0.0f32; half];
@@ -152,8 +202,10 @@ pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: us
         }
         let mut f2 = apply_linear(&hw.fc2, &u, live);
         kernels::gelu_inplace(&mut f2);
+        note(obs, || format!("selectors.{stage}.heads.{head}.f2"), &f2);
         let mut f3 = apply_linear(&hw.fc3, &f2, live);
         kernels::gelu_inplace(&mut f3);
+        note(obs, || format!("selectors.{stage}.heads.{head}.f3"), &f3);
         let logits = apply_linear(&hw.fc4, &f3, live);
         for (j, l) in logits.chunks_exact(2).enumerate() {
             let mut t = [l[0], l[1]];
@@ -162,8 +214,10 @@ pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: us
         }
     }
     // Head-importance gate and fusion.
+    note(obs, || format!("selectors.{stage}.gate_in"), &means);
     let mut a = apply_linear(&sel.gate_fc1, &means, live);
     kernels::gelu_inplace(&mut a);
+    note(obs, || format!("selectors.{stage}.gate_hidden"), &a);
     let a = apply_linear(&sel.gate_fc2, &a, live);
     (0..live)
         .map(|j| {
@@ -182,7 +236,8 @@ pub fn selector_scores(cfg: &Config, sel: &SelectorWeights, x: &Tokens, live: us
 }
 
 /// Final LayerNorm on CLS and the classifier head: the logits.
-pub fn head(cfg: &Config, w: &Weights, x: &Tokens) -> Vec<f32> {
+pub fn head(cfg: &Config, w: &Weights, x: &Tokens, obs: &mut dyn Observer) -> Vec<f32> {
     let cls = apply_norm(&w.norm, x.row(0), cfg.ln_eps as f32);
+    note(obs, || "norm".into(), &cls);
     apply_linear(&w.head, &cls, 1)
 }

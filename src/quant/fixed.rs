@@ -71,9 +71,17 @@ pub fn round_half_up(t: f64) -> i64 {
     }
     let limit = (1u64 << 62) as f64;
     let t = t.clamp(-limit, limit);
-    let f = t.floor();
-    let r = if t - f >= 0.5 { f + 1.0 } else { f };
-    r as i64
+    // ⌊t⌋ without a libm call (x86-64 v1 has no SSE4.1 `roundsd`): truncate, then step
+    // down for negative non-integers. Exact: |t| ≤ 2^62, and where `i as f64` could round
+    // (|i| > 2^53) t is already an integer.
+    let i = t as i64;
+    let fi = if (i as f64) > t { i - 1 } else { i };
+    let f = fi as f64;
+    if t - f >= 0.5 {
+        fi + 1
+    } else {
+        fi
+    }
 }
 
 /// `sat(round_half_up(x / scale))`: float → integer quantisation (`x / scale` is one IEEE

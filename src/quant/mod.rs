@@ -11,8 +11,10 @@
 //! - [`norm`]: LayerNorm on int16 tokens, in deterministic float, to int8.
 #![forbid(unsafe_code)]
 
+pub mod calibrate;
 pub mod fixed;
 pub mod gelu;
+pub mod model;
 pub mod norm;
 pub mod select;
 pub mod sigmoid;

@@ -59,13 +59,23 @@ impl LayerNormI16 {
         let s_in = self.s_in as f64;
         for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let sum: i64 = row.iter().map(|&v| v as i64).sum();
-            let var: i128 = row
-                .iter()
-                .map(|&v| {
-                    let c = d as i64 * v as i64 - sum;
-                    c as i128 * c as i128
-                })
-                .sum();
+            // |c| ≤ 2·d·2^15, so Σ c² < 4·d³·2^30 fits i64 for d < 1290 (DeiT-B: 768);
+            // wider rows take the i128 sum. Both are the same exact integer.
+            let var: i128 = if d < 1290 {
+                row.iter()
+                    .map(|&v| {
+                        let c = d as i64 * v as i64 - sum;
+                        c * c
+                    })
+                    .sum::<i64>() as i128
+            } else {
+                row.iter()
+                    .map(|&v| {
+                        let c = d as i64 * v as i64 - sum;
+                        c as i128 * c as i128
+                    })
+                    .sum()
+            };
             let var_real = (var as f64 / d3) * (s_in * s_in);
             let k = (s_in / (d as f64 * (var_real + self.eps as f64).sqrt())) as f32;
             for (((o, &v), g), b) in orow.iter_mut().zip(row).zip(&self.g).zip(&self.b) {
