@@ -112,8 +112,9 @@ class HeadScorer(nn.Module):
         self.fc3 = nn.Linear(d // 2, d // 4)
         self.fc4 = nn.Linear(d // 4, 2)
 
-    def forward(self, xh, live=None):
-        """xh [B,n,d]; live [B,n] float mask (None = all live). Returns keep prob [B,n]."""
+    def forward(self, xh, live=None, log_both=False):
+        """xh [B,n,d]; live [B,n] float mask (None = all live). Returns keep prob [B,n]
+        (or, with log_both, log-softmax of (keep, drop) [B,n,2])."""
         d = xh.shape[-1]
         u = F.gelu(self.fc1(self.norm(xh)))
         local, glob = u[..., : d // 2], u[..., d // 2:]
@@ -124,6 +125,8 @@ class HeadScorer(nn.Module):
             g = (glob * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
         f = torch.cat([local, g.expand_as(local)], dim=-1)
         z = self.fc4(F.gelu(self.fc3(F.gelu(self.fc2(f)))))
+        if log_both:
+            return z.log_softmax(dim=-1)
         return z.softmax(dim=-1)[..., 0]
 
 
@@ -134,8 +137,9 @@ class Gate(nn.Module):
         self.fc1 = nn.Linear(num_heads, hidden)
         self.fc2 = nn.Linear(hidden, num_heads)
 
-    def forward(self, m):
-        return torch.sigmoid(self.fc2(F.gelu(self.fc1(m))))
+    def forward(self, m, log=False):
+        z = self.fc2(F.gelu(self.fc1(m)))
+        return F.logsigmoid(z) if log else torch.sigmoid(z)
 
 
 class Selector(nn.Module):
@@ -153,6 +157,18 @@ class Selector(nn.Module):
         t = torch.stack([hd(xs[:, :, h], live) for h, hd in enumerate(self.heads)], dim=-1)  # [B,n,H]
         a = self.gate(xs.mean(dim=-1))  # [B,n,H]
         return (a * t).sum(-1) / a.sum(-1)
+
+    def log_keep_drop(self, x, live=None):
+        """log p and log(1 - p) [B,n] of the fused keep probability, computed in log space
+        (no clamping, so the gradient never dies when p saturates)."""
+        b, n, _ = x.shape
+        xs = x.reshape(b, n, self.num_heads, self.d)
+        lt = torch.stack([hd(xs[:, :, h], live, log_both=True) for h, hd in enumerate(self.heads)], dim=-2)  # [B,n,H,2]
+        la = self.gate(xs.mean(dim=-1), log=True)  # [B,n,H]
+        norm = torch.logsumexp(la, dim=-1)
+        lp = torch.logsumexp(la + lt[..., 0], dim=-1) - norm
+        lq = torch.logsumexp(la + lt[..., 1], dim=-1) - norm
+        return lp, lq
 
 
 # ----------------------------------------------------------------------------- model
@@ -209,9 +225,14 @@ class HeatViT(nn.Module):
         return self.head(x[:, 0]), x
 
     # ---- training (masks, Gumbel, package tokens) ---------------------------------
-    def forward_train(self, x, n_stages=None, hard=True):
+    def forward_train(self, x, n_stages=None, hard=True, noise=1.0, tau=1.0):
         """Returns logits, final normed tokens [B,1+n0+S,D], final patch mask [B,n0],
-        list of cumulative hard decisions per active stage [B,n0]."""
+        list of cumulative hard decisions per active stage [B,n0].
+
+        Hard decisions are Gumbel-softmax on log(p, 1-p) with the Gumbel noise scaled by
+        `noise` (straight-through, temperature `tau`): noise=1 is the standard hard
+        Gumbel-softmax (keep with probability p); noise=0 is exactly the inference rule
+        p >= 0.5 with a sigmoid straight-through gradient."""
         n_stages = len(self.locations) if n_stages is None else n_stages
         locs = {loc: s for s, loc in enumerate(self.locations[:n_stages])}
         x = self.embed(x)
@@ -219,14 +240,21 @@ class HeatViT(nn.Module):
         mask = torch.ones(b, n0, dtype=x.dtype, device=x.device)
         pkg_pol = []  # policies of the package tokens appended so far
         decisions = []
+        soft_keeps = []  # p of each stage times the incoming mask (for the soft ratio loss)
         for i, blk in enumerate(self.blocks):
             if i in locs:
                 s = locs[i]
                 patches = x[:, 1:1 + n0]
-                p = self.selectors[s](patches, live=mask)                  # [B,n0]
-                logp = torch.stack([p, 1.0 - p], dim=-1).clamp_min(1e-8).log()
+                lp, lq = self.selectors[s].log_keep_drop(patches, live=mask)  # [B,n0]
+                p = lp.exp()
+                soft_keeps.append(p * mask)
                 if hard:
-                    dec = F.gumbel_softmax(logp, tau=1.0, hard=True)[..., 0]
+                    z = lp - lq
+                    if noise > 0:
+                        u = torch.rand_like(z).clamp(1e-10, 1 - 1e-10)
+                        z = z + noise * (u.log() - (-u).log1p())   # g1 - g2 ~ Logistic(0, 1)
+                    soft = torch.sigmoid(z / tau)
+                    dec = (z >= 0).to(z.dtype) - soft.detach() + soft
                 else:
                     dec = p
                 new_mask = dec * mask                                      # cumulative
@@ -249,6 +277,7 @@ class HeatViT(nn.Module):
             else:
                 x = blk(x)
         x = self.norm(x)
+        self.last_soft_keeps = soft_keeps
         return self.head(x[:, 0]), x, mask, decisions
 
     # ---- deterministic batched eval with exact masks ------------------------------

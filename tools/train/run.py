@@ -48,9 +48,15 @@ RECIPE = {
     "selector": {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 100,
                  "backbone_lr": 5e-5, "backbone_frozen_epochs": 1,
                  "weight_decay": 0.05, "label_smoothing": 0.1,
-                 "ratio_weight": 2.0, "distill_kl": 0.5, "distill_token": 0.5,
-                 "gumbel_tau": 1.0},
+                 "ratio_weight": 10.0, "distill_kl": 0.5, "distill_token": 0.5,
+                 "gumbel_tau": 1.0,
+                 # Gumbel noise scale 1 -> 0 linearly over this fraction of each stage's
+                 # steps, then 0: training ends on the inference rule p >= 0.5 itself.
+                 "noise_anneal_frac": 0.5},
     "augment": {"crop_pad": 2, "hflip": True},
+    # a dense checkpoint (state dict) the dense phase starts from (a second cosine cycle);
+    # None = from scratch
+    "init_from": None,
 }
 
 
@@ -146,7 +152,18 @@ def main():
                     help="testing: exit (after a checkpoint) once this many steps ran in this process")
     ap.add_argument("--smoke", action="store_true",
                     help="testing: 6 steps per epoch, 1 epoch per phase, 300 test images")
+    ap.add_argument("--init-from", metavar="DENSE_PT",
+                    help="start the dense phase from this dense state dict (e.g. an earlier run's "
+                         "dense_final.pt): a second cosine cycle of --dense-epochs at --dense-lr")
+    ap.add_argument("--dense-epochs", type=int, help="override the recipe's dense epochs")
+    ap.add_argument("--dense-lr", type=float, help="override the recipe's dense peak lr")
     args = ap.parse_args()
+    if args.init_from:
+        RECIPE["init_from"] = os.path.abspath(args.init_from)
+    if args.dense_epochs is not None:
+        RECIPE["dense"]["epochs"] = args.dense_epochs
+    if args.dense_lr is not None:
+        RECIPE["dense"]["lr"] = args.dense_lr
     torch.set_num_threads(args.threads)
     if args.smoke:
         RECIPE["dense"]["epochs"] = 1
@@ -196,6 +213,9 @@ def main():
         log(f"resumed from {ckpt_path}: phase {PH[min(ck['phase'], len(PH) - 1)][0] if ck['phase'] < len(PH) else 'done'}"
             f" epoch {ck['epoch']} step {ck['step']} ({ck['train_seconds'] / 60:.1f} min trained)")
     else:
+        if RECIPE["init_from"]:
+            model.load_state_dict(torch.load(RECIPE["init_from"]))
+            log(f"dense phase starts from {RECIPE['init_from']}")
         log(f"new run in {args.run_dir}, seed {args.seed}, recipe {json.dumps(RECIPE)}")
 
     teacher = None
@@ -247,12 +267,20 @@ def main():
                     parts = {}
                 else:
                     c = RECIPE["selector"]
-                    logits, tok, mask, decs = model.forward_train(xb, n_stages)
+                    step_in = ep * steps_per_epoch + k
+                    span = max(1, int(c["noise_anneal_frac"] * epochs * steps_per_epoch))
+                    noise = max(0.0, 1.0 - step_in / span)
+                    lrs["noise"] = noise
+                    logits, tok, mask, decs = model.forward_train(xb, n_stages, noise=noise,
+                                                                  tau=c["gumbel_tau"])
                     with torch.no_grad():
                         t_logits, t_tok = teacher.forward_dense(xb)
                     ce = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
                     tg = RECIPE["keep_targets"]
                     ratio = sum((d.mean() - tg[s]) ** 2 for s, d in enumerate(decs)) / len(decs)
+                    # the same on the soft keep probabilities: its gradient does not vanish
+                    # when every hard decision agrees (the failure of the first run)
+                    ratio = ratio + sum((k.mean() - tg[s]) ** 2 for s, k in enumerate(model.last_soft_keeps)) / len(decs)
                     kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1),
                                   reduction="batchmean", log_target=True)
                     n0 = model.num_patches
