@@ -99,7 +99,8 @@ impl Engine {
         let mut cfg = model.config.clone();
         cfg.pruning = pruning;
         cfg.validate().map_err(|msg| ModelError::Config { path: model.dir.join("config.json"), msg })?;
-        if cfg.pruning.mode != PruningMode::None && !cfg.pruning.locations.is_empty() && !model.has_selectors() {
+        let needs_selectors = matches!(cfg.pruning.mode, PruningMode::Adaptive | PruningMode::Topk);
+        if needs_selectors && !cfg.pruning.locations.is_empty() && !model.has_selectors() {
             return Err(ModelError::NoSelectors);
         }
         if cfg.pruning.locations != model.config.pruning.locations && model.has_selectors() {
@@ -159,9 +160,15 @@ impl Engine {
                 });
                 continue;
             }
-            let scores = self.backend.score(s)?;
+            let scores = if self.pruning.mode == PruningMode::Evit {
+                // The comparison baseline: CLS attention of the previous block, no selector.
+                self.backend.cls_attention()?
+            } else {
+                let sc = self.backend.score(s)?;
+                macs += macs::selector(cfg, self.model.weights.selectors[s].gate_hidden(), tokens_in);
+                sc
+            };
             pruning::check_scores(s, tokens_in, &scores)?;
-            macs += macs::selector(cfg, self.model.weights.selectors[s].gate_hidden(), tokens_in);
             let decision = pruning::decide(&self.pruning, s, n0, &scores);
             let new_layout = self.backend.compact(&decision, &scores)?;
             let expect = crate::backend::Layout {

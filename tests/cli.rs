@@ -103,6 +103,29 @@ fn pruning_overrides_change_the_schedule() {
 }
 
 #[test]
+fn evit_mode_keeps_the_topk_counts_by_attention_without_selector_macs() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--model", MODEL, "--json", "--trace"];
+        args.extend_from_slice(extra);
+        args.push("tests/images/chelsea.png");
+        json_lines(&heatvit(&args))[0].clone()
+    };
+    let evit = run(&["--pruning", "evit"]);
+    let topk = run(&["--pruning", "topk"]);
+    let counts = |v: &serde_json::Value| -> Vec<u64> {
+        v["stages"].as_array().unwrap().iter().map(|s| s["kept"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(counts(&evit), counts(&topk), "same keep ratios, same counts");
+    assert_eq!(evit["pruning"], "evit");
+    // Same token counts, so the difference in MACs is exactly the selectors' work.
+    assert!(evit["macs"].as_u64().unwrap() < topk["macs"].as_u64().unwrap());
+    // The attention ranking differs from the selector's on this random model.
+    assert_ne!(evit["stages"][0]["kept_patch_indices"], topk["stages"][0]["kept_patch_indices"]);
+    let o = heatvit(&["--model", MODEL, "--pruning", "evit", "--backend", "cpu-int8", "tests/images/chelsea.png"]);
+    assert_eq!(o.status.code(), Some(2), "the float model has no integer weights");
+}
+
+#[test]
 fn heatmap_is_written_as_a_png_of_the_input_crop() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("one.png");

@@ -13,18 +13,20 @@ pub struct CpuF32 {
     model: Arc<Model>,
     state: Option<(Tokens, Layout)>,
     observer: Box<dyn Observer + Send>,
+    /// CLS attention of the last block run (all rows).
+    cls_attn: Vec<f32>,
 }
 
 impl CpuF32 {
     pub const NAME: &'static str = "cpu-f32";
 
     pub fn new(model: Arc<Model>) -> CpuF32 {
-        CpuF32 { model, state: None, observer: Box::new(NoObserver) }
+        CpuF32 { model, state: None, observer: Box::new(NoObserver), cls_attn: Vec::new() }
     }
 
     /// A float backend that shows its activations to `observer` (calibration).
     pub fn with_observer(model: Arc<Model>, observer: Box<dyn Observer + Send>) -> CpuF32 {
-        CpuF32 { model, state: None, observer }
+        CpuF32 { model, state: None, observer, cls_attn: Vec::new() }
     }
 
     /// Gives the observer back (after the images ran).
@@ -68,7 +70,7 @@ impl Backend for CpuF32 {
             msg: "run_blocks before begin".into(),
         })?;
         for b in blocks {
-            vit::block(&model.config, &model.weights.blocks[b], b, tokens, obs.as_mut());
+            self.cls_attn = vit::block(&model.config, &model.weights.blocks[b], b, tokens, obs.as_mut());
         }
         Ok(())
     }
@@ -97,6 +99,17 @@ impl Backend for CpuF32 {
         tokens.rows = layout.rows();
         tokens.data = data;
         Ok(*layout)
+    }
+
+    fn cls_attention(&mut self) -> Result<Vec<f32>, BackendError> {
+        let live = self.state.as_ref().map(|(_, l)| l.live).ok_or_else(|| BackendError::Protocol {
+            backend: Self::NAME,
+            msg: "cls_attention before begin".into(),
+        })?;
+        if self.cls_attn.len() < 1 + live {
+            return Err(BackendError::Protocol { backend: Self::NAME, msg: "cls_attention before any block ran".into() });
+        }
+        Ok(self.cls_attn[1..=live].to_vec())
     }
 
     fn logits(&mut self) -> Result<Vec<f32>, BackendError> {

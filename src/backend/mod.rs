@@ -54,6 +54,11 @@ pub trait Backend {
     fn compact(&mut self, decision: &Decision, scores: &[f32]) -> Result<Layout, BackendError>;
     /// Final norm and head on CLS; ends the image.
     fn logits(&mut self) -> Result<Vec<f32>, BackendError>;
+    /// The attention CLS paid to each live patch token in the last block run (mean over
+    /// heads), for the EViT-style comparison mode. Backends that do not keep it say so.
+    fn cls_attention(&mut self) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError::Failed { backend: self.name(), msg: "pruning mode evit is not supported by this backend".into() })
+    }
 }
 
 /// The `--backend` choice.

@@ -81,7 +81,7 @@ impl<'m> Printer<'m> {
             pruning.mode.as_str(),
             match pruning.mode {
                 PruningMode::Adaptive => format!(" (threshold {})", pruning.threshold),
-                PruningMode::Topk => format!(" (keep ratios {:?})", pruning.keep_ratios),
+                PruningMode::Topk | PruningMode::Evit => format!(" (keep ratios {:?})", pruning.keep_ratios),
                 PruningMode::None => String::new(),
             }
         ));

@@ -19,6 +19,11 @@ pub enum PruningMode {
     Topk,
     /// Skip the selectors; run the dense backbone.
     None,
+    /// EViT-style baseline (not HeatViT): at each selector location keep
+    /// `ceil(keep_ratio × N0)` patch tokens by the CLS attention (mean over heads) of the
+    /// block just before it, and fuse the rest into a package token weighted by that
+    /// attention. The selectors are not run. A comparison mode for the same backbone.
+    Evit,
 }
 
 impl PruningMode {
@@ -27,6 +32,7 @@ impl PruningMode {
             PruningMode::Adaptive => "adaptive",
             PruningMode::Topk => "topk",
             PruningMode::None => "none",
+            PruningMode::Evit => "evit",
         }
     }
 }
@@ -38,7 +44,8 @@ impl std::str::FromStr for PruningMode {
             "adaptive" => Ok(PruningMode::Adaptive),
             "topk" => Ok(PruningMode::Topk),
             "none" => Ok(PruningMode::None),
-            other => Err(format!("unknown pruning mode {other:?} (expected adaptive, topk or none)")),
+            "evit" => Ok(PruningMode::Evit),
+            other => Err(format!("unknown pruning mode {other:?} (expected adaptive, topk, none or evit)")),
         }
     }
 }
@@ -214,8 +221,11 @@ impl Config {
                 stages
             ));
         }
-        if p.mode == PruningMode::Topk && stages > 0 && p.keep_ratios.is_empty() {
-            return Err("pruning.mode \"topk\" needs pruning.keep_ratios".into());
+        if matches!(p.mode, PruningMode::Topk | PruningMode::Evit) && stages > 0 && p.keep_ratios.is_empty() {
+            return Err(format!("pruning.mode \"{}\" needs pruning.keep_ratios", p.mode.as_str()));
+        }
+        if p.mode == PruningMode::Evit && p.locations.first() == Some(&0) {
+            return Err("pruning.mode \"evit\" scores tokens by the previous block's attention: no location may be 0".into());
         }
         if let Some(r) = p.keep_ratios.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1.0)) {
             return Err(format!("pruning.keep_ratios must be in (0, 1], got {r}"));

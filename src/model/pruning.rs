@@ -61,7 +61,7 @@ pub fn decide(cfg: &PruningConfig, stage: usize, n0: usize, scores: &[f32]) -> D
     let n = scores.len();
     let kept: Vec<usize> = match cfg.mode {
         PruningMode::None => (0..n).collect(),
-        PruningMode::Topk => {
+        PruningMode::Topk | PruningMode::Evit => {
             let k = topk_count(cfg.keep_ratios[stage], n0);
             if k >= n {
                 (0..n).collect()

@@ -100,8 +100,9 @@ pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -
     Tokens { data, rows: 1 + n0, dim: d }
 }
 
-/// One pre-norm transformer block (number `index`), in place.
-pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: &mut dyn Observer) {
+/// One pre-norm transformer block (number `index`), in place. Returns the attention of
+/// CLS to every token (row 0 of the attention matrix, mean over heads).
+pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: &mut dyn Observer) -> Vec<f32> {
     let (n, d, h) = (x.rows, x.dim, cfg.num_heads);
     let hd = d / h;
     let eps = cfg.ln_eps as f32;
@@ -117,6 +118,7 @@ pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: 
     }
     let mut ctx = vec![0.0f32; n * d];
     let mut scores = vec![0.0f32; n * n];
+    let mut cls_attn = vec![0.0f32; n];
     let scale = (hd as f32).powf(-0.5);
     for head in 0..h {
         // scores = scale · Q_h K_hᵀ, Q_h and K_h read in place through strides.
@@ -128,6 +130,9 @@ pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: 
             MatMut { data: &mut scores, rows: n, cols: n, rs: n, cs: 1 },
         );
         kernels::softmax_rows(&mut scores, n);
+        for (c, s) in cls_attn.iter_mut().zip(&scores[..n]) {
+            *c += s / h as f32;
+        }
         sgemm(
             1.0,
             MatRef { data: &scores, rows: n, cols: n, rs: n, cs: 1 },
@@ -153,6 +158,7 @@ pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: 
         *v += a;
     }
     note(obs, || format!("blocks.{index}.res_mlp"), &x.data);
+    cls_attn
 }
 
 /// Fused keep probability `p_j` of each of the `live` patch tokens (rows `1..=live`),
