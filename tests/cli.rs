@@ -167,3 +167,13 @@ fn bench_reports_json() {
     let names: Vec<&str> = v["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["embed", "blocks 0-0", "selector 0", "blocks 1-1", "selector 1", "blocks 2-2", "selector 2", "blocks 3-3", "head"]);
 }
+
+#[test]
+fn bench_block_lut_lists_decreasing_token_counts() {
+    let rows = json_lines(&heatvit(&["bench", "--model", MODEL, "--block-lut", "--runs", "1", "--warmup", "0", "--json"]));
+    assert!(rows.len() >= 10);
+    assert_eq!(rows[0]["tokens"], 197);
+    let macs: Vec<u64> = rows.iter().map(|r| r["macs"].as_u64().unwrap()).collect();
+    assert!(macs.windows(2).all(|w| w[0] > w[1]), "{macs:?}");
+    assert!(rows.iter().all(|r| r["median_us"].as_f64().unwrap() > 0.0 && r["backend"] == "cpu-f32"));
+}

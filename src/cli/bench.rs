@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// peak (the kernel's inner loop on registers).
     #[arg(long)]
     gemm: bool,
+    /// Instead of the whole forward pass, time one transformer block at token counts from
+    /// 1 + N0 down to 2 (about 12 steps) on the chosen backend: the keep-ratio → block
+    /// latency table of HeatViT's latency-aware schedule. Prints JSON lines.
+    #[arg(long)]
+    block_lut: bool,
 }
 
 #[derive(Serialize)]
@@ -177,6 +182,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             Arc::new(Model::load(&dir).with_context(|| format!("cannot load model {}", dir.display()))?)
         }
     };
+    if args.block_lut {
+        return block_lut(args, &model);
+    }
     let mut engine = args.model.engine_for(Arc::clone(&model))?;
     let cfg = &model.config;
     let tensor = match &args.image {
@@ -266,6 +274,79 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
                     sh.pct_of_peak.map(|p| format!(" ({p:.0}% of peak)")).unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct LutRow {
+    backend: &'static str,
+    tokens: usize,
+    keep_ratio: f64,
+    median_us: f64,
+    min_us: f64,
+    macs: u64,
+}
+
+/// Times block 0 at decreasing token counts (the tokens are the embedded synthetic image,
+/// truncated), float or integer.
+fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
+    use crate::model::{macs, vit};
+    let cfg = &model.config;
+    let n0 = cfg.num_patches();
+    let image = synthetic_image(cfg.image_size, 0);
+    let int8 = match args.model.backend {
+        crate::backend::BackendChoice::CpuF32 => false,
+        crate::backend::BackendChoice::CpuInt8 => true,
+        _ => model.quant.is_some(),
+    };
+    let steps = 12usize;
+    let mut counts: Vec<usize> = (0..=steps).map(|i| 1 + n0 - (n0 - 1) * i / steps).collect();
+    counts.dedup();
+    for &n in &counts {
+        let mut times = Vec::with_capacity(args.runs);
+        for run in 0..args.warmup + args.runs {
+            let t = if int8 {
+                let q = model.quant.as_ref().context("--backend cpu-int8 needs a quantised model")?;
+                let mut x = crate::backend::cpu_int8::embed(q, cfg, &image, args.model.threads as usize)?;
+                x.truncate(n * cfg.embed_dim);
+                let t = Instant::now();
+                crate::backend::cpu_int8::block(&q.blocks[0], cfg.num_heads, &mut x, n, args.model.threads as usize)?;
+                t.elapsed()
+            } else {
+                let mut x = vit::embed(cfg, &model.weights, &image, &mut vit::NoObserver);
+                x.data.truncate(n * cfg.embed_dim);
+                x.rows = n;
+                let t = Instant::now();
+                vit::block(cfg, &model.weights.blocks[0], 0, &mut x, &mut vit::NoObserver);
+                t.elapsed()
+            };
+            if run >= args.warmup {
+                times.push(t.as_secs_f64() * 1e6);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let row = LutRow {
+            backend: if int8 { "cpu-int8" } else { "cpu-f32" },
+            tokens: n,
+            keep_ratio: (n - 1) as f64 / n0 as f64,
+            median_us: median(&times),
+            min_us: times[0],
+            macs: macs::block(cfg, n),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&row)?);
+        } else {
+            println!(
+                "{} block at {:>4} tokens (keep {:.2}): median {:>9.1} µs, min {:>9.1} µs, {:.2} MMAC",
+                row.backend,
+                row.tokens,
+                row.keep_ratio,
+                row.median_us,
+                row.min_us,
+                row.macs as f64 / 1e6
+            );
         }
     }
     Ok(EXIT_OK)

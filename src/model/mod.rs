@@ -251,7 +251,8 @@ impl Weights {
 
         let stages = cfg.pruning.locations.len();
         let has_any = store.contains("selectors.0.gate.fc1.weight");
-        let selectors = if stages > 0 && (has_any || cfg.pruning.mode != PruningMode::None) {
+        let needs = matches!(cfg.pruning.mode, PruningMode::Adaptive | PruningMode::Topk);
+        let selectors = if stages > 0 && (has_any || needs) {
             (0..stages).map(|s| selector(cfg, store, s)).collect::<Result<Vec<_>, _>>()?
         } else {
             Vec::new()
