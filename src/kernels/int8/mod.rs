@@ -166,51 +166,34 @@ impl PackedWeights {
         if k > MAX_K {
             return Err(GemmError::TooDeep { k });
         }
-        let mut corr = vec![0i32; n];
-        for (j, c) in corr.iter_mut().enumerate() {
-            let mut sum = 0i32;
-            for t in 0..k {
-                let v = at(j, t);
-                if v == i8::MIN {
-                    return Err(GemmError::WeightRange { row: j, col: t });
-                }
-                sum += v as i32;
-            }
-            *c = 128 * sum;
-        }
         let (kg, nr) = isa.layout();
         let kp = k.div_ceil(kg) * kg;
         let np = n.div_ceil(nr) * nr;
-        let get = |j: usize, t: usize| if j < n && t < k { at(j, t) } else { 0 };
-        let mut data = Vec::with_capacity(np * kp);
-        match isa {
-            Isa::Scalar => data.extend((0..n).flat_map(|j| (0..k).map(move |t| (j, t))).map(|(j, t)| at(j, t))),
-            // Block of 16 channels, k-pairs: [half][channel 0..8][t 0..2].
-            Isa::Avx2 => {
-                for b in 0..np / 16 {
-                    for q in 0..kp / 2 {
-                        for h in 0..2 {
-                            for c in 0..8 {
-                                data.extend((0..2).map(|t| get(b * 16 + h * 8 + c, 2 * q + t)));
-                            }
-                        }
-                    }
-                }
+        // Every layout is tiles of `nr` output channels × `kg` consecutive k, tile-major:
+        // element (j, t) goes to ((j/nr · kp/kg + t/kg) · nr + j%nr) · kg + t%kg. (Scalar:
+        // nr = kg = 1, i.e. row-major.) Padding stays 0. One pass also checks the −128
+        // rule and forms the VNNI correction 128·Σ_t w[j, t].
+        let mut data = vec![0i8; if isa == Isa::Scalar { n * k } else { np * kp }];
+        let mut corr = vec![0i32; n];
+        let kq = kp / kg;
+        // Tile sizes are powers of two: shifts and masks instead of divisions.
+        debug_assert!(kg.is_power_of_two() && nr.is_power_of_two());
+        let (kg_sh, kg_mask) = (kg.trailing_zeros(), kg - 1);
+        for (j, c) in corr.iter_mut().enumerate() {
+            let base = (j / nr) * kq * nr + (j & (nr - 1));
+            let mut sum = 0i32;
+            let mut bad = false;
+            for t in 0..k {
+                let v = at(j, t);
+                bad |= v == i8::MIN;
+                sum += v as i32;
+                data[((base + (t >> kg_sh) * nr) << kg_sh) | (t & kg_mask)] = v;
             }
-            // Block of 32 channels, k-quads: [half][channel 0..16][t 0..4].
-            Isa::Avx512Vnni => {
-                for b in 0..np / 32 {
-                    for q in 0..kp / 4 {
-                        for h in 0..2 {
-                            for c in 0..16 {
-                                data.extend((0..4).map(|t| get(b * 32 + h * 16 + c, 4 * q + t)));
-                            }
-                        }
-                    }
-                }
+            if bad {
+                let col = (0..k).find(|&t| at(j, t) == i8::MIN).unwrap_or(0);
+                return Err(GemmError::WeightRange { row: j, col });
             }
-            // Block of 4 channels, 16-wide k chunks: [channel 0..4][t 0..16].
-            Isa::Neon => pack_neon(&mut data, np, kp, get),
+            *c = 128 * sum;
         }
         Ok(PackedWeights { isa, n, k, kp, data, corr })
     }
