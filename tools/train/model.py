@@ -240,14 +240,14 @@ class HeatViT(nn.Module):
         mask = torch.ones(b, n0, dtype=x.dtype, device=x.device)
         pkg_pol = []  # policies of the package tokens appended so far
         decisions = []
-        soft_keeps = []  # p of each stage times the incoming mask (for the soft ratio loss)
+        soft_keeps = []  # (log p, log(1-p), incoming mask) per stage, for the calibration loss
         for i, blk in enumerate(self.blocks):
             if i in locs:
                 s = locs[i]
                 patches = x[:, 1:1 + n0]
                 lp, lq = self.selectors[s].log_keep_drop(patches, live=mask)  # [B,n0]
                 p = lp.exp()
-                soft_keeps.append(p * mask)
+                soft_keeps.append((lp, lq, mask))
                 if hard:
                     z = lp - lq
                     if noise > 0:

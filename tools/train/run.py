@@ -46,13 +46,15 @@ RECIPE = {
     # one phase per selector stage; stage k trains selectors 0..k-1 together
     "stages": [{"epochs": 1}, {"epochs": 1}, {"epochs": 3}],
     "selector": {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 100,
-                 "backbone_lr": 5e-5, "backbone_frozen_epochs": 1,
+                 "backbone_lr": 3e-4, "backbone_frozen_epochs": 0,
                  "weight_decay": 0.05, "label_smoothing": 0.1,
                  "ratio_weight": 10.0, "distill_kl": 0.5, "distill_token": 0.5,
                  "gumbel_tau": 1.0,
                  # Gumbel noise scale 1 -> 0 linearly over this fraction of each stage's
                  # steps, then 0: training ends on the inference rule p >= 0.5 itself.
-                 "noise_anneal_frac": 0.5},
+                 "noise_anneal_frac": 0.5,
+                 # weight of the batch-quantile calibration loss (see the training loop)
+                 "calib_weight": 1.0},
     "augment": {"crop_pad": 2, "hflip": True},
     # a dense checkpoint (state dict) the dense phase starts from (a second cosine cycle);
     # None = from scratch
@@ -278,9 +280,23 @@ def main():
                     ce = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
                     tg = RECIPE["keep_targets"]
                     ratio = sum((d.mean() - tg[s]) ** 2 for s, d in enumerate(decs)) / len(decs)
-                    # the same on the soft keep probabilities: its gradient does not vanish
-                    # when every hard decision agrees (the failure of the first run)
-                    ratio = ratio + sum((k.mean() - tg[s]) ** 2 for s, k in enumerate(model.last_soft_keeps)) / len(decs)
+                    # Calibration of the threshold rule: over the whole batch, the live tokens
+                    # whose p is in the top target_s fraction (of all patches) are labelled
+                    # keep, the others drop, and p is pulled towards its label (BCE). The
+                    # ranking still comes from the task loss through the decisions; this term
+                    # makes "p >= 0.5" keep about target_s on average while the count per
+                    # image stays free (the quantile is per batch, not per image).
+                    cal = 0.0
+                    for s, (lp, lq, live) in enumerate(model.last_soft_keeps):
+                        with torch.no_grad():
+                            sc = torch.where(live > 0.5, lp, torch.full_like(lp, -1e9))
+                            kk = max(1, int(round(tg[s] * sc.numel())))
+                            thr = sc.flatten().topk(kk).values[-1]
+                            lab = ((sc >= thr) & (live > 0.5)).to(lp.dtype)
+                        bce = -(lab * lp + (1 - lab) * lq)
+                        cal = cal + (bce * live).sum() / live.sum().clamp_min(1.0)
+                    cal = cal / len(decs)
+                    ratio = ratio + c["calib_weight"] * cal
                     kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1),
                                   reduction="batchmean", log_target=True)
                     n0 = model.num_patches
