@@ -293,6 +293,15 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(line["backend"], "cpu-int8");
+    // eval compares the two backends example by example.
+    let ds = root().join("tests/fixtures/fmnist-subset");
+    let o = heatvit(&["eval".as_ref(), "--model".as_ref(), dest.as_os_str(), "--dataset".as_ref(), ds.as_os_str(), "--limit".as_ref(), "4".as_ref(), "--compare-backend".as_ref(), "cpu-f32".as_ref(), "--json".as_ref()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["backend"], "cpu-int8");
+    assert_eq!(r["compare"]["backend"], "cpu-f32");
+    let a = r["compare"]["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&a) && r["compare"]["max_abs_logit_diff"].as_f64().unwrap() > 0.0);
     // A second run into the same, now non-empty, directory is refused without --force.
     let o = heatvit(&["quantize".as_ref(), "--model".as_ref(), tiny().as_os_str(), "--calib".as_ref(), calib.path().as_os_str(), "--out".as_ref(), dest.as_os_str()]);
     assert_eq!(o.status.code(), Some(2));
