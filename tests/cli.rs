@@ -177,3 +177,25 @@ fn bench_block_lut_lists_decreasing_token_counts() {
     assert!(macs.windows(2).all(|w| w[0] > w[1]), "{macs:?}");
     assert!(rows.iter().all(|r| r["median_us"].as_f64().unwrap() > 0.0 && r["backend"] == "cpu-f32"));
 }
+
+#[test]
+fn subcommands_survive_a_closed_stdout() {
+    // `heatvit-run bench | head -0`: the reader is gone before anything is printed.
+    for args in [
+        vec!["bench", "--model", MODEL, "--runs", "2", "--warmup", "0"],
+        vec!["eval", "--model", MODEL, "--dataset", "tests/fixtures/fmnist-subset", "--limit", "2"],
+    ] {
+        let mut child = common::heatvit_run()
+            .current_dir(root())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

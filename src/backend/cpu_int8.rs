@@ -12,11 +12,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{Backend, BackendError, Layout};
+use crate::kernels::epilogue;
 use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
-use crate::quant::fixed::{div_round, quantize_i8, sat_i16, sat_i32, sat_i8};
-use crate::quant::gelu::{gelu_q16, Delta1};
+use crate::quant::fixed::{div_round, quantize_i8, sat_i16, sat_i8};
 use crate::quant::model::{QBlock, QLinear, QSelector, QuantModel};
 use crate::quant::select::{fuse_heads_q16, keep_score_q16, package_i16, score_to_f32};
 use crate::quant::sigmoid::sigmoid_q16;
@@ -88,30 +88,15 @@ fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32
 fn linear_i8(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i8>, BackendError> {
     let acc = gemm(threads, &l.packed, a, m)?;
     let mut out = vec![0i8; acc.len()];
-    for_rows(l, &acc, &mut out, sat_i8);
+    epilogue::requant_i8(&acc, &l.bias, &l.requant, &mut out);
     Ok(out)
-}
-
-/// `out[r, o] = f(requant[o](acc[r, o] + bias[o]))` row by row (no per-element index
-/// arithmetic in the hot loop).
-#[inline]
-fn for_rows<T>(l: &QLinear, acc: &[i32], out: &mut [T], f: impl Fn(i64) -> T) {
-    let n = l.out_features();
-    if n == 0 {
-        return;
-    }
-    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        for (((o, &a), &b), m) in orow.iter_mut().zip(arow).zip(&l.bias).zip(&l.requant) {
-            *o = f(m.apply(a + b));
-        }
-    }
 }
 
 /// A Linear layer into Q·.16, then GELU (Q·.16), then int8 through `to_i8`.
 fn linear_gelu_i8(threads: usize, l: &QLinear, a: &[i8], m: usize, to_i8: crate::quant::Multiplier) -> Result<Vec<i8>, BackendError> {
     let acc = gemm(threads, &l.packed, a, m)?;
     let mut out = vec![0i8; acc.len()];
-    for_rows(l, &acc, &mut out, |v| to_i8.to_i8(gelu_q16(sat_i32(v), Delta1::OFF)));
+    epilogue::requant_gelu_i8(&acc, &l.bias, &l.requant, to_i8, &mut out);
     Ok(out)
 }
 
@@ -119,7 +104,7 @@ fn linear_gelu_i8(threads: usize, l: &QLinear, a: &[i8], m: usize, to_i8: crate:
 fn linear_q16(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
     let acc = gemm(threads, &l.packed, a, m)?;
     let mut out = vec![0i32; acc.len()];
-    for_rows(l, &acc, &mut out, sat_i32);
+    epilogue::requant_i32(&acc, &l.bias, &l.requant, &mut out);
     Ok(out)
 }
 
@@ -222,23 +207,13 @@ pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usiz
         }
     }
     let acc = gemm(threads, &b.proj.packed, &ctx, rows)?;
-    residual(&b.proj, &acc, x, b.res1);
+    epilogue::residual(&acc, &b.proj.bias, &b.proj.requant, b.res1, x);
     // MLP.
     b.norm2.apply(x, &mut y);
     let hid = linear_gelu_i8(threads, &b.fc1, &y, rows, b.hidden)?;
     let acc = gemm(threads, &b.fc2.packed, &hid, rows)?;
-    residual(&b.fc2, &acc, x, b.res2);
+    epilogue::residual(&acc, &b.fc2.bias, &b.fc2.requant, b.res2, x);
     Ok(())
-}
-
-/// `x ← sat16(requant(acc + bias) + rescale(x))`, row by row.
-fn residual(l: &QLinear, acc: &[i32], x: &mut [i16], rescale: crate::quant::Multiplier) {
-    let n = l.out_features();
-    for (arow, xrow) in acc.chunks_exact(n).zip(x.chunks_exact_mut(n)) {
-        for (((xv, &a), &b), &m) in xrow.iter_mut().zip(arow).zip(&l.bias).zip(&l.requant) {
-            *xv = crate::quant::fixed::residual_add(a + b, m, *xv, rescale);
-        }
-    }
 }
 
 /// Fused Q0.16 keep scores of the `live` patch tokens (rows `1..=live`).

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::out;
 use super::{ModelArgs, EXIT_OK};
 use crate::model::{synthetic, Model};
 use crate::preprocess;
@@ -241,9 +242,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         gemm: if args.gemm { Some(gemm_report(args.runs)?) } else { None },
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        out!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        out!(
             "{} [{}] pruning {}: median {:.2} ms, min {:.2} ms over {} runs; {:.3} GMAC ({:.1}% of dense), {:.1} GMAC/s; kept {:?}; peak RSS {}",
             report.model,
             report.backend,
@@ -259,11 +260,11 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         );
         let parts: Vec<String> =
             report.spans.iter().map(|s| format!("{} {:.2}/{:.2}", s.name, s.median_ms, s.min_ms)).collect();
-        println!("  per part (median/min ms): {}", parts.join(", "));
+        out!("  per part (median/min ms): {}", parts.join(", "));
         if let Some(g) = &report.gemm {
-            println!("  int8 GEMM ({}), peak {}:", g.isa, g.peak_gmacs.map(|p| format!("{p:.1} GMAC/s")).unwrap_or_else(|| "n/a".into()));
+            out!("  int8 GEMM ({}), peak {}:", g.isa, g.peak_gmacs.map(|p| format!("{p:.1} GMAC/s")).unwrap_or_else(|| "n/a".into()));
             for sh in &g.shapes {
-                println!(
+                out!(
                     "    {:<6} {}×{}×{}: median {:.1} GMAC/s, best {:.1}{}",
                     sh.name,
                     sh.m,
@@ -336,9 +337,9 @@ fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
             macs: macs::block(cfg, n),
         };
         if args.json {
-            println!("{}", serde_json::to_string(&row)?);
+            out!("{}", serde_json::to_string(&row)?);
         } else {
-            println!(
+            out!(
                 "{} block at {:>4} tokens (keep {:.2}): median {:>9.1} µs, min {:>9.1} µs, {:.2} MMAC",
                 row.backend,
                 row.tokens,

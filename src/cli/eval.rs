@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::out;
 use super::{ModelArgs, EXIT_OK};
 use crate::dataset;
 use crate::preprocess;
@@ -140,9 +141,9 @@ pub fn run(args: &EvalArgs) -> Result<u8> {
         compare,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        out!("{}", serde_json::to_string(&r)?);
     } else {
-        println!(
+        out!(
             "{} [{}] pruning {}: top-1 {:.2}% ({}/{}), kept per stage {:?}, MACs {:.1}% of dense, {:.2} ms/image",
             r.model,
             r.backend,
@@ -155,7 +156,7 @@ pub fn run(args: &EvalArgs) -> Result<u8> {
             r.mean_forward_ms
         );
         if let Some(c) = &r.compare {
-            println!(
+            out!(
                 "  vs {}: top-1 agreement {:.2}%, mean top-5 overlap {:.3}, max |logit diff| {:.4}, kept tokens differ on {} examples, its top-1 {:.2}%",
                 c.backend,
                 100.0 * c.top1_agreement,

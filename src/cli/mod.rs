@@ -23,6 +23,16 @@ use crate::engine::Engine;
 use crate::model::{Model, PruningConfig, PruningMode};
 use crate::preprocess;
 
+/// `println!` that ignores a closed stdout (`heatvit-run bench | head -1` must not
+/// panic); output is best effort once the reader has gone.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+pub(crate) use out;
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_INPUT: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;

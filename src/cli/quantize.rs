@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::out;
 use super::EXIT_OK;
 use crate::backend::cpu_int8::CpuInt8;
 use crate::engine::{top_k, Engine};
@@ -161,9 +162,9 @@ pub fn run(args: &QuantizeArgs) -> Result<u8> {
     };
     std::fs::write(args.out.join("quantization.json"), serde_json::to_string_pretty(&r)? + "\n")?;
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        out!("{}", serde_json::to_string(&r)?);
     } else {
-        println!(
+        out!(
             "wrote {} ({} calibration images{}); on them cpu-int8 top-1 agrees with cpu-f32 on {:.1}%, max |logit error| {:.4}",
             args.out.display(),
             r.calibration_images,

@@ -1,0 +1,157 @@
+//! What follows an int8 GEMM: per-channel requantisation of the int32 accumulators into
+//! int8, into Q·.16 then i-GELU then int8, or onto the int16 residual stream
+//! (`docs/integer-format.md` §2, §4.1). Plain integer code; on x86-64 the same code is
+//! also compiled with AVX2 enabled (`arch::x86_64::epilogue`) and chosen at run time, which
+//! lets the compiler vectorise it. The integer operations are identical, so the results
+//! are bit for bit the same (tested below).
+#![forbid(unsafe_code)]
+
+use crate::quant::fixed::{residual_add, sat_i32, sat_i8};
+use crate::quant::gelu::{gelu_q16, Delta1};
+use crate::quant::Multiplier;
+
+/// `out[r, o] = sat8(requant[o](acc[r, o] + bias[o]))`.
+pub fn requant_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::requant_i8(acc, bias, requant, out);
+    }
+    requant_i8_generic(acc, bias, requant, out)
+}
+
+/// `out[r, o] = sat32(requant[o](acc[r, o] + bias[o]))` (Q·.16 outputs).
+pub fn requant_i32(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::requant_i32(acc, bias, requant, out);
+    }
+    requant_i32_generic(acc, bias, requant, out)
+}
+
+/// `out[r, o] = to_i8(gelu_q16(sat32(requant[o](acc[r, o] + bias[o]))))`.
+pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::requant_gelu_i8(acc, bias, requant, to_i8, out);
+    }
+    requant_gelu_i8_generic(acc, bias, requant, to_i8, out)
+}
+
+/// `x[r, o] = residual_add(acc[r, o] + bias[o], requant[o], x[r, o], rescale)`.
+pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::residual(acc, bias, requant, rescale, x);
+    }
+    residual_generic(acc, bias, requant, rescale, x)
+}
+
+fn check(acc: usize, out: usize, n: usize, bias: usize) {
+    assert_eq!(acc, out, "epilogue: accumulator and output sizes");
+    assert_eq!(n, bias, "epilogue: one bias per multiplier");
+    assert!(n == 0 || acc % n == 0, "epilogue: rows are not whole");
+}
+
+#[inline(always)]
+pub(crate) fn requant_i8_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
+    check(acc.len(), out.len(), requant.len(), bias.len());
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (((o, &a), &b), m) in orow.iter_mut().zip(arow).zip(bias).zip(requant) {
+            *o = sat_i8(m.apply(a + b));
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn requant_i32_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
+    check(acc.len(), out.len(), requant.len(), bias.len());
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (((o, &a), &b), m) in orow.iter_mut().zip(arow).zip(bias).zip(requant) {
+            *o = sat_i32(m.apply(a + b));
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn requant_gelu_i8_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+    check(acc.len(), out.len(), requant.len(), bias.len());
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    // Two passes over a row (requantise, then GELU + narrow) keep each loop simple enough
+    // to vectorise.
+    let mut q = vec![0i32; n];
+    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (((o, &a), &b), m) in q.iter_mut().zip(arow).zip(bias).zip(requant) {
+            *o = sat_i32(m.apply(a + b));
+        }
+        for (o, &v) in orow.iter_mut().zip(&q) {
+            *o = to_i8.to_i8(gelu_q16(v, Delta1::OFF));
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn residual_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
+    check(acc.len(), x.len(), requant.len(), bias.len());
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    for (arow, xrow) in acc.chunks_exact(n).zip(x.chunks_exact_mut(n)) {
+        for (((xv, &a), &b), &m) in xrow.iter_mut().zip(arow).zip(bias).zip(requant) {
+            *xv = residual_add(a + b, m, *xv, rescale);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mults(n: usize, seed: u64) -> Vec<Multiplier> {
+        (0..n).map(|i| Multiplier::from_ratio(1e-4 * (1.0 + ((seed as usize + i * 37) % 1000) as f64)).unwrap()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        // The dispatched (possibly AVX2-compiled) epilogues equal the generic code.
+        #[test]
+        fn dispatched_epilogues_equal_the_generic_code(
+            rows in 1usize..5, n in 1usize..70, seed in any::<u64>(),
+            acc_seed in any::<i32>(),
+        ) {
+            let acc: Vec<i32> = (0..rows * n).map(|i| acc_seed.wrapping_mul(i as i32 + 1).wrapping_add(i as i32 * 7919) >> 2).collect();
+            let bias: Vec<i32> = (0..n).map(|i| (i as i32 - 30) * 1000).collect();
+            let m = mults(n, seed);
+            let to8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.05).unwrap();
+            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
+            requant_i8(&acc, &bias, &m, &mut a);
+            requant_i8_generic(&acc, &bias, &m, &mut b);
+            prop_assert_eq!(&a, &b);
+            requant_gelu_i8(&acc, &bias, &m, to8, &mut a);
+            requant_gelu_i8_generic(&acc, &bias, &m, to8, &mut b);
+            prop_assert_eq!(&a, &b);
+            let (mut c, mut d) = (vec![0i32; acc.len()], vec![0i32; acc.len()]);
+            requant_i32(&acc, &bias, &m, &mut c);
+            requant_i32_generic(&acc, &bias, &m, &mut d);
+            prop_assert_eq!(&c, &d);
+            let x0: Vec<i16> = (0..acc.len()).map(|i| (i as i16).wrapping_mul(977)).collect();
+            let (mut x1, mut x2) = (x0.clone(), x0.clone());
+            let r = Multiplier::from_ratio(0.75).unwrap();
+            residual(&acc, &bias, &m, r, &mut x1);
+            residual_generic(&acc, &bias, &m, r, &mut x2);
+            prop_assert_eq!(&x1, &x2);
+        }
+    }
+}
