@@ -84,6 +84,18 @@ pub fn round_half_up(t: f64) -> i64 {
     }
 }
 
+/// `sat8(round_half_up(t))` for an f32 `t`, the hot case of LayerNorm's output: the same
+/// result as the general function, cheaper. Exact: after clamping to ±256 (the result
+/// saturates at ±127 anyway) `t + 0.5` is exact in f64 (an f32 has 24 significant bits),
+/// and rounding half up is `⌊t + 0.5⌋`. NaN gives 0, as [`round_half_up`].
+#[inline(always)]
+pub fn round_half_up_to_i8(t: f32) -> i8 {
+    let u = (t as f64).clamp(-256.0, 256.0) + 0.5;
+    let i = u as i32; // truncation toward 0; NaN → 0
+    let f = if (i as f64) > u { i - 1 } else { i };
+    f.clamp(-(I8_MAX as i32), I8_MAX as i32) as i8
+}
+
 /// `sat(round_half_up(x / scale))`: float → integer quantisation (`x / scale` is one IEEE
 /// f32 division, then the exact rounding above). The caller narrows with `sat_*`.
 #[inline]
@@ -201,6 +213,20 @@ pub fn residual_add(branch_acc: i32, to_res: Multiplier, x: i16, rescale: Multip
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn round_half_up_to_i8_equals_the_general_rounding() {
+        let mut t = -300.0f32;
+        while t <= 300.0 {
+            for v in [t, t + 0.5, t - 0.5, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().saturating_sub(1))] {
+                assert_eq!(round_half_up_to_i8(v), sat_i8(round_half_up(v as f64)), "{v}");
+            }
+            t += 0.03125 + 1.0 / 1024.0;
+        }
+        for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, -0.5, 0.5, -1.5, 126.5, -127.5, -0.0] {
+            assert_eq!(round_half_up_to_i8(v), sat_i8(round_half_up(v as f64)), "{v}");
+        }
+    }
 
     #[test]
     fn shift_round_is_round_half_up() {

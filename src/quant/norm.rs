@@ -15,7 +15,7 @@
 //! calls no libm function, so x86-64 and aarch64 give the same bits.
 #![forbid(unsafe_code)]
 
-use super::fixed::{round_half_up, sat_i8};
+use super::fixed::round_half_up_to_i8;
 use super::tensor::check_scale;
 use super::QuantError;
 
@@ -50,8 +50,19 @@ impl LayerNormI16 {
         self.g.len()
     }
 
-    /// Normalises every row of `x` (`rows × D`) into `out`.
+    /// Normalises every row of `x` (`rows × D`) into `out`. On x86-64 with AVX2 the same
+    /// code runs compiled for AVX2 (`kernels::arch::x86_64::epilogue`); every operation is
+    /// the same IEEE or integer operation, so the result is identical.
     pub fn apply(&self, x: &[i16], out: &mut [i8]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::arch::x86_64::epilogue::available() {
+            return crate::kernels::arch::x86_64::epilogue::layer_norm(self, x, out);
+        }
+        self.apply_generic(x, out)
+    }
+
+    #[inline(always)]
+    pub(crate) fn apply_generic(&self, x: &[i16], out: &mut [i8]) {
         let d = self.dim();
         assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
         assert_eq!(x.len(), out.len(), "LayerNormI16: output size");
@@ -81,7 +92,7 @@ impl LayerNormI16 {
             for (((o, &v), g), b) in orow.iter_mut().zip(row).zip(&self.g).zip(&self.b) {
                 let c = (d as i64 * v as i64 - sum) as f32;
                 let t = (c * k) * g + b;
-                *o = sat_i8(round_half_up(t as f64));
+                *o = round_half_up_to_i8(t);
             }
         }
     }

@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use crate::kernels::epilogue::{requant_gelu_i8_generic, requant_i32_generic, requant_i8_generic, residual_generic};
+use crate::quant::norm::LayerNormI16;
 use crate::quant::Multiplier;
 
 /// Whether this CPU runs the AVX2 versions (detected once; `HEATVIT_GEMM_ISA=scalar` also
@@ -13,6 +14,11 @@ pub fn available() -> bool {
     *ON.get_or_init(|| {
         is_x86_feature_detected!("avx2") && crate::kernels::int8::selected_isa() != crate::kernels::int8::Isa::Scalar
     })
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn layer_norm_avx2(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
+    ln.apply_generic(x, out)
 }
 
 #[target_feature(enable = "avx2")]
@@ -57,4 +63,10 @@ pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Mult
     assert!(available());
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
     unsafe { residual_avx2(acc, bias, requant, rescale, x) }
+}
+
+pub fn layer_norm(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
+    assert!(available());
+    // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
+    unsafe { layer_norm_avx2(ln, x, out) }
 }
