@@ -49,7 +49,7 @@ pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Mult
 fn check(acc: usize, out: usize, n: usize, bias: usize) {
     assert_eq!(acc, out, "epilogue: accumulator and output sizes");
     assert_eq!(n, bias, "epilogue: one bias per multiplier");
-    assert!(n == 0 || acc % n == 0, "epilogue: rows are not whole");
+    assert!(n == 0 || acc.is_multiple_of(n), "epilogue: rows are not whole");
 }
 
 #[inline(always)]
