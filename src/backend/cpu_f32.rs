@@ -49,13 +49,7 @@ impl Backend for CpuF32 {
 
     fn begin(&mut self, image: &[f32]) -> Result<Layout, BackendError> {
         let cfg = &self.model.config;
-        let want = 3 * cfg.image_size * cfg.image_size;
-        if image.len() != want {
-            return Err(BackendError::Failed {
-                backend: Self::NAME,
-                msg: format!("input tensor has {} values, expected {want}", image.len()),
-            });
-        }
+        super::check_image(Self::NAME, cfg, image)?;
         let tokens = vit::embed(cfg, &self.model.weights, image, self.observer.as_mut());
         let layout = Layout { live: cfg.num_patches(), packages: 0 };
         self.state = Some((tokens, layout));

@@ -110,27 +110,10 @@ fn linear_q16(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i32
 
 /// Patch embedding + CLS + positions into the int16 residual stream.
 pub fn embed(q: &QuantModel, cfg: &crate::model::Config, image: &[f32], threads: usize) -> Result<Vec<i16>, BackendError> {
-    let (s, p, d) = (cfg.image_size, cfg.patch_size, cfg.embed_dim);
-    let g = cfg.grid();
-    let n0 = g * g;
-    let k = 3 * p * p;
+    let d = cfg.embed_dim;
+    let n0 = cfg.num_patches();
     let s_img = q.scales["image"];
-    let mut cols = vec![0i8; n0 * k];
-    for gy in 0..g {
-        for gx in 0..g {
-            let dst = &mut cols[(gy * g + gx) * k..][..k];
-            let mut t = 0;
-            for c in 0..3 {
-                for ky in 0..p {
-                    let src = c * s * s + (gy * p + ky) * s + gx * p;
-                    for (o, &v) in dst[t..t + p].iter_mut().zip(&image[src..src + p]) {
-                        *o = quantize_i8(v, s_img);
-                    }
-                    t += p;
-                }
-            }
-        }
-    }
+    let cols = crate::model::vit::im2col(cfg, image, |v| quantize_i8(v, s_img));
     let acc = gemm(threads, &q.patch.packed, &cols, n0)?;
     let mut x = q.embed_rows.clone();
     for (arow, xrow) in acc.chunks_exact(d).zip(x[d..].chunks_exact_mut(d)) {
@@ -279,10 +262,7 @@ impl Backend for CpuInt8 {
 
     fn begin(&mut self, image: &[f32]) -> Result<Layout, BackendError> {
         let cfg = &self.model.config;
-        let want = 3 * cfg.image_size * cfg.image_size;
-        if image.len() != want {
-            return Err(failed(format!("input tensor has {} values, expected {want}", image.len())));
-        }
+        super::check_image(Self::NAME, cfg, image)?;
         let x = embed(&self.q, cfg, image, self.threads)?;
         let layout = Layout { live: cfg.num_patches(), packages: 0 };
         self.state = Some((x, layout));

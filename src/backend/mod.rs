@@ -61,6 +61,15 @@ pub trait Backend {
     }
 }
 
+/// The input of [`Backend::begin`] must be the normalised 3 × S × S tensor.
+pub(crate) fn check_image(backend: &'static str, cfg: &crate::model::Config, image: &[f32]) -> Result<(), BackendError> {
+    let want = 3 * cfg.image_size * cfg.image_size;
+    if image.len() != want {
+        return Err(BackendError::Failed { backend, msg: format!("input tensor has {} values, expected {want}", image.len()) });
+    }
+    Ok(())
+}
+
 /// The `--backend` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {

@@ -60,17 +60,13 @@ fn apply_norm(n: &Norm, x: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// Patch embedding + CLS + positional embedding. `image` is the normalised CHW tensor
-/// (3 × S × S).
-pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -> Tokens {
-    let (s, p, d) = (cfg.image_size, cfg.patch_size, cfg.embed_dim);
-    assert_eq!(image.len(), 3 * s * s, "embed: image tensor size");
-    note(obs, || "image".into(), image);
+/// The image's patches as rows (`N0 × 3P²`, in the conv weight's (c, ky, kx) order),
+/// each value passed through `map` (identity for floats, quantisation for int8).
+pub fn im2col<T: Copy + Default>(cfg: &Config, image: &[f32], map: impl Fn(f32) -> T) -> Vec<T> {
+    let (s, p) = (cfg.image_size, cfg.patch_size);
     let g = cfg.grid();
-    let n0 = g * g;
     let k = 3 * p * p;
-    // im2col in (c, ky, kx) order, matching the conv weight's flattening.
-    let mut cols = vec![0.0f32; n0 * k];
+    let mut cols = vec![T::default(); g * g * k];
     for gy in 0..g {
         for gx in 0..g {
             let dst = &mut cols[(gy * g + gx) * k..][..k];
@@ -78,12 +74,26 @@ pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -
             for c in 0..3 {
                 for ky in 0..p {
                     let src = c * s * s + (gy * p + ky) * s + gx * p;
-                    dst[t..t + p].copy_from_slice(&image[src..src + p]);
+                    for (o, &v) in dst[t..t + p].iter_mut().zip(&image[src..src + p]) {
+                        *o = map(v);
+                    }
                     t += p;
                 }
             }
         }
     }
+    cols
+}
+
+/// Patch embedding + CLS + positional embedding. `image` is the normalised CHW tensor
+/// (3 × S × S).
+pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -> Tokens {
+    let (s, d) = (cfg.image_size, cfg.embed_dim);
+    assert_eq!(image.len(), 3 * s * s, "embed: image tensor size");
+    note(obs, || "image".into(), image);
+    let g = cfg.grid();
+    let n0 = g * g;
+    let cols = im2col(cfg, image, |v| v);
     let patches = apply_linear(&w.patch, &cols, n0);
     let mut data = vec![0.0f32; (1 + n0) * d];
     for c in 0..d {
