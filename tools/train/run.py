@@ -159,7 +159,22 @@ def main():
                          "dense_final.pt): a second cosine cycle of --dense-epochs at --dense-lr")
     ap.add_argument("--dense-epochs", type=int, help="override the recipe's dense epochs")
     ap.add_argument("--dense-lr", type=float, help="override the recipe's dense peak lr")
+    ap.add_argument("--keep-targets", help="override the cumulative keep targets, e.g. 0.7,0.5,0.3")
+    ap.add_argument("--stage-epochs", help="override the epochs of each selector stage, e.g. 2,2,4")
+    ap.add_argument("--calib-weight", type=float, help="override the calibration-loss weight")
     args = ap.parse_args()
+    if args.keep_targets:
+        kt = [float(v) for v in args.keep_targets.split(",")]
+        if len(kt) != len(RECIPE["locations"]) or any(not 0 < a <= 1 for a in kt):
+            raise SystemExit(f"--keep-targets needs {len(RECIPE['locations'])} values in (0, 1]")
+        RECIPE["keep_targets"] = kt
+    if args.stage_epochs:
+        se = [int(v) for v in args.stage_epochs.split(",")]
+        if len(se) != len(RECIPE["locations"]) or any(v < 1 for v in se):
+            raise SystemExit(f"--stage-epochs needs {len(RECIPE['locations'])} positive integers")
+        RECIPE["stages"] = [{"epochs": v} for v in se]
+    if args.calib_weight is not None:
+        RECIPE["selector"]["calib_weight"] = args.calib_weight
     if args.init_from:
         RECIPE["init_from"] = os.path.abspath(args.init_from)
     if args.dense_epochs is not None:
