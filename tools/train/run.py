@@ -46,7 +46,7 @@ RECIPE = {
     # one phase per selector stage; stage k trains selectors 0..k-1 together
     "stages": [{"epochs": 1}, {"epochs": 1}, {"epochs": 3}],
     "selector": {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 100,
-                 "backbone_lr": 3e-4, "backbone_frozen_epochs": 0,
+                 "backbone_lr": 3e-4, "backbone_frozen_epochs": 0, "backbone_warmup_steps": 0,
                  "weight_decay": 0.05, "label_smoothing": 0.1,
                  "ratio_weight": 10.0, "distill_kl": 0.5, "distill_token": 0.5,
                  "gumbel_tau": 1.0,
@@ -121,7 +121,8 @@ def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs):
     if step_in_phase < frozen:
         blr = 0.0
     else:
-        blr = cosine(step_in_phase - frozen, total - frozen, c["backbone_lr"], 0.0, 0)
+        blr = cosine(step_in_phase - frozen, total - frozen, c["backbone_lr"], 0.0,
+                     c.get("backbone_warmup_steps", 0))
     for g in opt.param_groups:
         g["lr"] = slr if g["kind"] == "selector" else blr
     return {"lr": slr, "backbone_lr": blr}
@@ -162,7 +163,15 @@ def main():
     ap.add_argument("--keep-targets", help="override the cumulative keep targets, e.g. 0.7,0.5,0.3")
     ap.add_argument("--stage-epochs", help="override the epochs of each selector stage, e.g. 2,2,4")
     ap.add_argument("--calib-weight", type=float, help="override the calibration-loss weight")
+    ap.add_argument("--backbone-lr", type=float, help="override the backbone's peak lr in the selector stages")
+    ap.add_argument("--backbone-warmup-steps", type=int,
+                    help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
+                         "state at full lr perturbs the converged backbone)")
     args = ap.parse_args()
+    if args.backbone_lr is not None:
+        RECIPE["selector"]["backbone_lr"] = args.backbone_lr
+    if args.backbone_warmup_steps is not None:
+        RECIPE["selector"]["backbone_warmup_steps"] = args.backbone_warmup_steps
     if args.keep_targets:
         kt = [float(v) for v in args.keep_targets.split(",")]
         if len(kt) != len(RECIPE["locations"]) or any(not 0 < a <= 1 for a in kt):
