@@ -132,21 +132,18 @@ pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usiz
     let qkv = linear_i8(threads, &b.qkv, &y, rows)?;
     // Attention, one head at a time (heads split over threads).
     let head_ctx = |h: usize| -> Result<Vec<i8>, BackendError> {
-        let take = |part: usize| -> Vec<i8> {
-            let mut v = vec![0i8; rows * hd];
-            let off = part * d + h * hd;
-            for (dst, src) in v.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
-                dst.copy_from_slice(&src[off..off + hd]);
-            }
-            v
-        };
-        let (qh, kh, vh) = (take(0), take(1), take(2));
-        let kp = PackedWeights::new(&kh, rows, hd).map_err(gemm_err)?;
+        // Q is the GEMM's row operand and is gathered; K and V are packed straight from
+        // the qkv rows (row pitch 3·d).
+        let mut qh = vec![0i8; rows * hd];
+        for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
+            dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
+        }
+        let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
         let mut logits = vec![0i32; rows * rows];
         gemm_i8_packed(rows, &qh, &kp, &mut logits).map_err(gemm_err)?;
         let mut probs = vec![0i8; rows * rows];
         attention::softmax_rows_i8(&logits, rows, b.logits, &mut probs);
-        let vp = PackedWeights::new_transposed(&vh, rows, hd).map_err(gemm_err)?;
+        let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
         let mut pv = vec![0i32; rows * hd];
         gemm_i8_packed(rows, &probs, &vp, &mut pv).map_err(gemm_err)?;
         let mut ctx = vec![0i8; rows * hd];
