@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{Backend, BackendError, Layout};
-use crate::kernels::epilogue;
+use crate::kernels::{attention, epilogue};
 use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
@@ -20,7 +20,6 @@ use crate::quant::fixed::{div_round, quantize_i8, sat_i16, sat_i8};
 use crate::quant::model::{QBlock, QLinear, QSelector, QuantModel};
 use crate::quant::select::{fuse_heads_q16, keep_score_q16, package_i16, score_to_f32};
 use crate::quant::sigmoid::sigmoid_q16;
-use crate::quant::softmax::{prob_to_i8, softmax_q16};
 
 /// Rows below which a GEMM is not split over threads (spawning costs more than it saves).
 const MIN_ROWS_PER_THREAD: usize = 16;
@@ -133,34 +132,23 @@ pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usiz
     let qkv = linear_i8(threads, &b.qkv, &y, rows)?;
     // Attention, one head at a time (heads split over threads).
     let head_ctx = |h: usize| -> Result<Vec<i8>, BackendError> {
-        let take = |part: usize| -> Vec<i8> {
-            let mut v = vec![0i8; rows * hd];
-            let off = part * d + h * hd;
-            for (dst, src) in v.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
-                dst.copy_from_slice(&src[off..off + hd]);
-            }
-            v
-        };
-        let (qh, kh, vh) = (take(0), take(1), take(2));
-        let kp = PackedWeights::new(&kh, rows, hd).map_err(gemm_err)?;
+        // Q is the GEMM's row operand and is gathered; K and V are packed straight from
+        // the qkv rows (row pitch 3·d).
+        let mut qh = vec![0i8; rows * hd];
+        for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
+            dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
+        }
+        let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
         let mut logits = vec![0i32; rows * rows];
         gemm_i8_packed(rows, &qh, &kp, &mut logits).map_err(gemm_err)?;
         let mut probs = vec![0i8; rows * rows];
-        let mut row_q16 = vec![0i32; rows];
-        let mut row_p = vec![0u32; rows];
-        for (lr, pr) in logits.chunks_exact(rows).zip(probs.chunks_exact_mut(rows)) {
-            for (o, &v) in row_q16.iter_mut().zip(lr) {
-                *o = b.logits.to_i32(v);
-            }
-            softmax_q16(&row_q16, 0, &mut row_p);
-            for (o, &p) in pr.iter_mut().zip(&row_p) {
-                *o = prob_to_i8(p);
-            }
-        }
-        let vp = PackedWeights::new_transposed(&vh, rows, hd).map_err(gemm_err)?;
+        attention::softmax_rows_i8(&logits, rows, b.logits, &mut probs);
+        let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
         let mut pv = vec![0i32; rows * hd];
         gemm_i8_packed(rows, &probs, &vp, &mut pv).map_err(gemm_err)?;
-        Ok(pv.iter().map(|&v| b.pv.to_i8(v)).collect())
+        let mut ctx = vec![0i8; rows * hd];
+        attention::requant_uniform_i8(&pv, b.pv, &mut ctx);
+        Ok(ctx)
     };
     let per_head: Vec<Vec<i8>> = if threads > 1 && heads > 1 && rows >= MIN_ROWS_PER_THREAD {
         let chunk = heads.div_ceil(threads.min(heads));

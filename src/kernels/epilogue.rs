@@ -123,6 +123,82 @@ mod tests {
         (0..n).map(|i| Multiplier::from_ratio(1e-4 * (1.0 + ((seed as usize + i * 37) % 1000) as f64)).unwrap()).collect()
     }
 
+    /// Any multiplier the struct can hold with `shift ≤ 62`: mantissas of every size and
+    /// sign, shifts small, mid and large.
+    fn any_multiplier() -> impl Strategy<Value = Multiplier> {
+        let m = prop_oneof![1 << 30..i32::MAX, Just(i32::MAX), Just(1 << 30), any::<i32>(), Just(i32::MIN), Just(1), Just(0)];
+        (m, prop_oneof![0u32..=62, 1u32..8, 12u32..24, 28u32..40, 58u32..=62]).prop_map(|(m, shift)| Multiplier { m, shift })
+    }
+
+    fn requant_multiplier() -> impl Strategy<Value = Multiplier> {
+        prop_oneof![(1e-9f64..1e4).prop_map(|r| Multiplier::from_ratio(r).unwrap()), any_multiplier()]
+    }
+
+    /// Accumulators and biases whose sum stays in int32 (as `docs/integer-format.md`
+    /// guarantees: |acc| < 2^30, |bias| ≤ 2^30), small and large.
+    fn acc_value() -> impl Strategy<Value = i32> {
+        prop_oneof![-5000i32..5000, -(1i32 << 20)..(1 << 20), -(1i32 << 30)..(1 << 30), Just(-(1i32 << 30)), Just((1 << 30) - 1), Just(0)]
+    }
+
+    /// The vector i-GELU against `gelu_q16` on every Q·.16 input in ±8 (where the
+    /// function bends), a stride through all of int32, and the ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn gelu_lanes_equal_gelu_q16_over_the_int32_range() {
+        use crate::kernels::arch::x86_64::epilogue::{available, gelu_q16_x8};
+        if !available() {
+            eprintln!("skipped: no AVX2 on this CPU");
+            return;
+        }
+        let xs: Vec<i32> = (-(8 << 16)..=(8 << 16))
+            .chain((i32::MIN + 1..=i32::MAX).step_by(4099))
+            .chain([-i32::MAX, i32::MAX, -i32::MAX + 1, i32::MAX - 1, 115933, -115933, 163955, -163955])
+            .collect();
+        for c in xs.chunks(8) {
+            let mut lanes = [0i32; 8];
+            lanes[..c.len()].copy_from_slice(c);
+            for (g, &x) in gelu_q16_x8(lanes).iter().zip(&lanes) {
+                assert_eq!(*g, gelu_q16(x, Delta1::OFF), "gelu_q16({x})");
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_epilogue_named_cases_equal_the_generic_code() {
+        let one = Multiplier::from_ratio(1.0).unwrap();
+        let to8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.05).unwrap();
+        let big = Multiplier { m: i32::MAX, shift: 1 };
+        let acc: Vec<i32> = [i32::MIN, i32::MAX, 0, 1, -1, 115933, -115933, 1 << 20, -(1 << 20)].repeat(3);
+        for (n, m, t) in [(9, one, to8), (9, big, to8), (3, big, big), (27, one, Multiplier { m: i32::MIN, shift: 62 })] {
+            let req = vec![m; n];
+            let bias = vec![0; n];
+            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
+            requant_gelu_i8(&acc, &bias, &req, t, &mut a);
+            requant_gelu_i8_generic(&acc, &bias, &req, t, &mut b);
+            assert_eq!(a, b, "n {n} m {m:?} to_i8 {t:?}");
+        }
+        requant_gelu_i8(&[], &[], &[], to8, &mut []);
+    }
+
+    proptest! {
+        // The hand-written AVX2 GELU epilogue equals the generic code for any multipliers
+        // and in-range accumulators, rows of any width (tails of 1..7 channels included).
+        #[test]
+        fn gelu_epilogue_equals_the_generic_code(
+            (acc, bias, m) in (1usize..100, 1usize..4).prop_flat_map(|(n, rows)| (
+                prop::collection::vec(acc_value(), n * rows),
+                prop::collection::vec(acc_value(), n),
+                prop::collection::vec(requant_multiplier(), n),
+            )),
+            to8 in prop_oneof![(1e-7f64..1e-2).prop_map(|r| Multiplier::from_ratio(r).unwrap()), any_multiplier()],
+        ) {
+            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
+            requant_gelu_i8(&acc, &bias, &m, to8, &mut a);
+            requant_gelu_i8_generic(&acc, &bias, &m, to8, &mut b);
+            prop_assert_eq!(a, b);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         // The dispatched (possibly AVX2-compiled) epilogues equal the generic code.

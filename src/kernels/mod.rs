@@ -8,6 +8,7 @@
 //! operations in a fixed order give the same bits on x86-64 and aarch64.
 
 pub mod arch;
+pub mod attention;
 pub mod epilogue;
 pub mod int8;
 

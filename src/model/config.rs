@@ -304,7 +304,8 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|c| c.pruning.locations = vec![3, 12]), "outside the model's depth"),
             (Box::new(|c| c.pruning.locations = vec![6, 3, 9]), "strictly increasing"),
             (Box::new(|c| c.pruning.keep_ratios = vec![0.7]), "keep_ratios has 1"),

@@ -96,8 +96,8 @@ pub fn embed(cfg: &Config, w: &Weights, image: &[f32], obs: &mut dyn Observer) -
     let cols = im2col(cfg, image, |v| v);
     let patches = apply_linear(&w.patch, &cols, n0);
     let mut data = vec![0.0f32; (1 + n0) * d];
-    for c in 0..d {
-        data[c] = w.cls_token[c] + w.pos_embed[c];
+    for ((o, c), p) in data[..d].iter_mut().zip(&w.cls_token).zip(&w.pos_embed) {
+        *o = c + p;
     }
     for (i, row) in patches.chunks_exact(d).enumerate() {
         let out = &mut data[(1 + i) * d..(2 + i) * d];

@@ -147,6 +147,23 @@ impl PackedWeights {
         Self::pack(selected_isa(), n, k, |j, t| w_t[t * n + j])
     }
 
+    /// Packs the `[n, k]` matrix whose row `j` is `src[j·stride..j·stride + k]` (e.g. one
+    /// head's `K` inside the fused `qkv` rows) for the [`selected_isa`], without copying
+    /// it out first. The same result as [`Self::new`] on the gathered rows.
+    pub fn new_strided(src: &[i8], n: usize, k: usize, stride: usize) -> Result<PackedWeights, GemmError> {
+        check_strided("w", src.len(), n, k, stride)?;
+        Self::pack(selected_isa(), n, k, |j, t| src[j * stride + t])
+    }
+
+    /// Packs the transpose of the `[k, n]` matrix whose row `t` is
+    /// `src[t·stride..t·stride + n]` (e.g. one head's `V` inside the fused `qkv` rows, for
+    /// `P·V`) for the [`selected_isa`]. The same result as [`Self::new_transposed`] on the
+    /// gathered rows.
+    pub fn new_transposed_strided(src: &[i8], k: usize, n: usize, stride: usize) -> Result<PackedWeights, GemmError> {
+        check_strided("w", src.len(), k, n, stride)?;
+        Self::pack(selected_isa(), n, k, |j, t| src[t * stride + j])
+    }
+
     /// Packs `w` (`[n, k]`) for a given kernel (tests and benchmarks compare kernels).
     pub fn with_isa(isa: Isa, w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
         check_len("w", w.len(), n * k, 0, k, n)?;
@@ -260,6 +277,19 @@ fn pack_a_neon(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<i8> {
     let mut ap = Vec::with_capacity(mp * kp);
     pack_neon(&mut ap, mp, kp, |i, t| if i < m && t < k { a[i * k + t] } else { 0 });
     ap
+}
+
+/// `rows` rows of `cols` at a row pitch of `stride` need `(rows − 1)·stride + cols` elements.
+fn check_strided(what: &'static str, len: usize, rows: usize, cols: usize, stride: usize) -> Result<(), GemmError> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let want = (rows - 1) * stride + cols;
+    if cols <= stride && len >= want {
+        Ok(())
+    } else {
+        Err(GemmError::Shape { what, got: len, want, m: 0, k: cols, n: rows })
+    }
 }
 
 fn check_len(what: &'static str, got: usize, want: usize, m: usize, k: usize, n: usize) -> Result<(), GemmError> {

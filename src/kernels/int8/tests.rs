@@ -146,6 +146,27 @@ fn transposed_packing_is_the_same_operand() {
     assert_eq!(PackedWeights::new_transposed(&w_t, k, n).unwrap(), PackedWeights::new(&w, n, k).unwrap());
 }
 
+/// Packing rows (or, transposed, columns) in place inside wider rows — one head of the
+/// fused qkv matrix — equals packing the gathered matrix; too short a source is an error.
+#[test]
+fn strided_packing_is_the_same_operand() {
+    let (rows, hd, pitch) = (13, 10, 3 * 40);
+    let qkv = fill(rows * pitch, 11, -127, 127);
+    for off in [0, 7, 40 + 3 * hd, 2 * 40 + 3 * hd] {
+        let gathered: Vec<i8> = qkv.chunks_exact(pitch).flat_map(|r| r[off..off + hd].to_vec()).collect();
+        let src = &qkv[off..];
+        assert_eq!(PackedWeights::new_strided(src, rows, hd, pitch).unwrap(), PackedWeights::new(&gathered, rows, hd).unwrap());
+        assert_eq!(
+            PackedWeights::new_transposed_strided(src, rows, hd, pitch).unwrap(),
+            PackedWeights::new_transposed(&gathered, rows, hd).unwrap()
+        );
+    }
+    let short = &qkv[..(rows - 1) * pitch + hd - 1];
+    assert!(matches!(PackedWeights::new_strided(short, rows, hd, pitch), Err(GemmError::Shape { .. })));
+    assert!(matches!(PackedWeights::new_transposed_strided(short, rows, hd, pitch), Err(GemmError::Shape { .. })));
+    assert!(matches!(PackedWeights::new_strided(&qkv, 2, 5, 4), Err(GemmError::Shape { .. })));
+}
+
 #[test]
 fn peak_loops_do_the_work_they_are_credited_with() {
     for isa in simd_isas() {

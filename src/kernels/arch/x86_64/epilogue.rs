@@ -1,9 +1,17 @@
-//! The GEMM epilogues of [`crate::kernels::epilogue`] compiled with AVX2 enabled: the same
-//! generic integer code, which the compiler may vectorise here. Bit-exact by construction
-//! (identical integer operations) and by test (`epilogue::tests`).
+//! The GEMM epilogues of [`crate::kernels::epilogue`] with AVX2. Most are the same
+//! generic integer code compiled with AVX2 enabled, which the compiler may vectorise here
+//! (bit-exact by construction: identical integer operations). The GELU epilogue, whose
+//! 64-bit arithmetic the compiler does not vectorise well, is written with intrinsics on
+//! 64-bit lanes ([`super::fixed`]); why each step is exact is noted next to it. All are
+//! compared with the generic code in `epilogue::tests`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use crate::kernels::epilogue::{requant_gelu_i8_generic, requant_i32_generic, requant_i8_generic, residual_generic};
+use std::arch::x86_64::*;
+
+use super::fixed::{clamp_epi64, half, load_i32x8, merge, odd, pack_i8x8, sra_epi64_var, MulV};
+use crate::kernels::epilogue::{requant_i32_generic, requant_i8_generic, residual_generic};
+use crate::quant::fixed::{sat_i32, I32_MAX, ONE_Q16};
+use crate::quant::gelu::{gelu_q16, Delta1, A_Q16, INV_SQRT2_Q16, NEG_B_Q16};
 use crate::quant::norm::LayerNormI16;
 use crate::quant::Multiplier;
 
@@ -31,9 +39,106 @@ unsafe fn requant_i32_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], ou
     requant_i32_generic(acc, bias, requant, out)
 }
 
+/// `gelu_q16(x, Delta1::OFF)` on the i64 lanes of one half (`x` in the low dword of each
+/// lane, `|x| ≤ 2^31 − 1`); the result is in the low dword.
 #[target_feature(enable = "avx2")]
-unsafe fn requant_gelu_i8_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
-    requant_gelu_i8_generic(acc, bias, requant, to_i8, out)
+#[inline]
+fn gelu_q16_half(x: __m256i) -> __m256i {
+    // u = shift_round(x·(1/√2), 16): |x·46341| < 2^47 and |u| < 2^31, so the low dword of
+    // the logical shift is u (it differs from the arithmetic one only in bits 48..64).
+    let u = _mm256_srli_epi64::<16>(_mm256_add_epi64(
+        _mm256_mul_epi32(x, _mm256_set1_epi32(INV_SQRT2_Q16 as i32)),
+        _mm256_set1_epi64x(1 << 15),
+    ));
+    // erf_q16(u): with s = −b − min(|u|, −b) ∈ [0, −b], t = −s and a·t² = −(|a|·s)·s;
+    // |a|·s ≤ 18927·115933 < 2^32 is exact as a u32 (vpmulld's low half) and (|a|·s)·s
+    // < 2^48 is exact with vpmuludq.
+    let neg_b = _mm256_set1_epi32(NEG_B_Q16 as i32);
+    let s = _mm256_sub_epi32(neg_b, _mm256_min_epi32(_mm256_abs_epi32(u), neg_b));
+    let p = _mm256_mul_epu32(_mm256_mullo_epi32(s, _mm256_set1_epi32(-A_Q16 as i32)), s);
+    // shift_round(−p, 32) = ⌊(2^31 − p) / 2^32⌋: the high dword of 2^31 − p (|·| < 2^48).
+    let l = _mm256_srli_epi64::<32>(_mm256_sub_epi64(_mm256_set1_epi64x(1 << 31), p));
+    let one = _mm256_set1_epi32(ONE_Q16 as i32);
+    // (· + 1)·signum(u), then e = 2^16 + l ∈ [0, 2^17].
+    let e = _mm256_add_epi32(_mm256_sign_epi32(_mm256_add_epi32(l, one), u), one);
+    // y = shift_round(x·e, 17): |x·e| ≤ 2^48 and |y| ≤ |x|, so again the low dword of the
+    // logical shift is y.
+    _mm256_srli_epi64::<17>(_mm256_add_epi64(_mm256_mul_epi32(x, e), _mm256_set1_epi64x(1 << 16)))
+}
+
+/// Test access to [`gelu_q16_half`] on eight values.
+#[cfg(test)]
+pub fn gelu_q16_x8(x: [i32; 8]) -> [i32; 8] {
+    assert!(available());
+    // SAFETY: the CPU supports AVX2 (asserted above with run-time detection).
+    unsafe { gelu_q16_x8_avx2(x) }
+}
+
+#[cfg(test)]
+#[target_feature(enable = "avx2")]
+fn gelu_q16_x8_avx2(x: [i32; 8]) -> [i32; 8] {
+    let v = load_i32x8(&x);
+    let mut out = [0i32; 8];
+    super::fixed::store_i32x8(&mut out, merge(gelu_q16_half(v), gelu_q16_half(odd(v))));
+    out
+}
+
+/// Eight per-channel multipliers: mantissas as int32 lanes; rounding terms and shifts
+/// per half (even channels 0, 2, 4, 6; odd 1, 3, 5, 7) as i64 lanes.
+struct Channels8 {
+    m: __m256i,
+    half: [__m256i; 2],
+    shift: [__m256i; 2],
+}
+
+#[target_feature(enable = "avx2")]
+fn channels8(c: &[Multiplier]) -> Channels8 {
+    assert!(c.len() == 8 && c.iter().all(|m| m.shift <= 62), "requant multipliers: shift > 62");
+    let h = |i: usize| half(c[i].shift);
+    let s = |i: usize| c[i].shift as i64;
+    Channels8 {
+        m: _mm256_setr_epi32(c[0].m, c[1].m, c[2].m, c[3].m, c[4].m, c[5].m, c[6].m, c[7].m),
+        half: [_mm256_setr_epi64x(h(0), h(2), h(4), h(6)), _mm256_setr_epi64x(h(1), h(3), h(5), h(7))],
+        shift: [_mm256_setr_epi64x(s(0), s(2), s(4), s(6)), _mm256_setr_epi64x(s(1), s(3), s(5), s(7))],
+    }
+}
+
+#[target_feature(enable = "avx2")]
+fn requant_gelu_i8_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+    assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
+    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
+    let full = n / 8 * 8;
+    let chans: Vec<Channels8> = requant[..full].chunks_exact(8).map(|c| channels8(c)).collect();
+    let to8 = MulV::new(to_i8);
+    let (hi32, lo32) = (_mm256_set1_epi64x(I32_MAX), _mm256_set1_epi64x(-I32_MAX));
+    let (hi8, lo8) = (_mm256_set1_epi64x(127), _mm256_set1_epi64x(-127));
+    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (c, ch) in chans.iter().enumerate() {
+            let o = c * 8;
+            // acc + bias wraps as the scalar i32 addition does in release builds (callers
+            // keep it in range: |acc| < 2^30, |bias| ≤ 2^30).
+            let x = _mm256_add_epi32(load_i32x8(&arow[o..]), load_i32x8(&bias[o..]));
+            // sat32(requant.apply(x)): |x·m| ≤ 2^62, shift_round with per-lane shifts.
+            let q = |xh: __m256i, mh: __m256i, k: usize| {
+                let p = _mm256_add_epi64(_mm256_mul_epi32(xh, mh), ch.half[k]);
+                clamp_epi64(sra_epi64_var(p, ch.shift[k]), lo32, hi32)
+            };
+            let ye = to8.apply_half(gelu_q16_half(q(x, ch.m, 0)), hi8, lo8);
+            let yo = to8.apply_half(gelu_q16_half(q(odd(x), odd(ch.m), 1)), hi8, lo8);
+            let bytes = pack_i8x8(merge(ye, yo));
+            for (d, &b) in orow[o..o + 8].iter_mut().zip(&bytes) {
+                *d = b as i8;
+            }
+        }
+        for o in full..n {
+            orow[o] = to_i8.to_i8(gelu_q16(sat_i32(requant[o].apply(arow[o] + bias[o])), Delta1::OFF));
+        }
+    }
 }
 
 #[target_feature(enable = "avx2")]
@@ -55,7 +160,8 @@ pub fn requant_i32(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut 
 
 pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
     assert!(available());
-    // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
+    // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise
+    // (its loads are bounds-checked in `fixed`).
     unsafe { requant_gelu_i8_avx2(acc, bias, requant, to_i8, out) }
 }
 
