@@ -147,13 +147,25 @@ fn heatmap_is_written_as_a_png_of_the_input_crop() {
 
 #[test]
 fn human_output_names_backend_tokens_macs_and_untrained_weights() {
-    let out = heatvit(&["tests/images/chelsea.png"]); // default model via ./models/default
+    let out = heatvit(&["--model", MODEL, "tests/images/chelsea.png"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in ["backend cpu-f32", "UNTRAINED", "tokens: block 1: 196 →", "MACs:", "saved", "forward"] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     assert_eq!(text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count(), 5);
+}
+
+#[test]
+fn default_model_is_the_trained_fashion_mnist_model_on_the_integer_backend() {
+    // No --model: ./models/default (the README's first command).
+    let out = heatvit(&["tests/images/fmnist/0000-ankle-boot.png", "tests/images/fmnist/0002-trouser.png"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["model fmnist-heatvit", "backend cpu-int8", "tokens: block 1: 49 →", "Ankle boot", "Trouser"] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains("UNTRAINED"), "{text}");
 }
 
 #[test]
