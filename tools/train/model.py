@@ -225,14 +225,19 @@ class HeatViT(nn.Module):
         return self.head(x[:, 0]), x
 
     # ---- training (masks, Gumbel, package tokens) ---------------------------------
-    def forward_train(self, x, n_stages=None, hard=True, noise=1.0, tau=1.0):
+    def forward_train(self, x, n_stages=None, hard=True, noise=1.0, tau=1.0,
+                      detach_selector_input=False):
         """Returns logits, final normed tokens [B,1+n0+S,D], final patch mask [B,n0],
         list of cumulative hard decisions per active stage [B,n0].
 
         Hard decisions are Gumbel-softmax on log(p, 1-p) with the Gumbel noise scaled by
         `noise` (straight-through, temperature `tau`): noise=1 is the standard hard
         Gumbel-softmax (keep with probability p); noise=0 is exactly the inference rule
-        p >= 0.5 with a sigmoid straight-through gradient."""
+        p >= 0.5 with a sigmoid straight-through gradient.
+
+        With `detach_selector_input` the selectors score a detached copy of the tokens:
+        the backbone then learns only from the task losses through the decisions and the
+        package tokens, not from the ratio/calibration losses on the keep probabilities."""
         n_stages = len(self.locations) if n_stages is None else n_stages
         locs = {loc: s for s, loc in enumerate(self.locations[:n_stages])}
         x = self.embed(x)
@@ -245,7 +250,8 @@ class HeatViT(nn.Module):
             if i in locs:
                 s = locs[i]
                 patches = x[:, 1:1 + n0]
-                lp, lq = self.selectors[s].log_keep_drop(patches, live=mask)  # [B,n0]
+                sel_in = patches.detach() if detach_selector_input else patches
+                lp, lq = self.selectors[s].log_keep_drop(sel_in, live=mask)  # [B,n0]
                 p = lp.exp()
                 soft_keeps.append((lp, lq, mask))
                 if hard:

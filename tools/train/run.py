@@ -164,12 +164,17 @@ def main():
     ap.add_argument("--stage-epochs", help="override the epochs of each selector stage, e.g. 2,2,4")
     ap.add_argument("--calib-weight", type=float, help="override the calibration-loss weight")
     ap.add_argument("--backbone-lr", type=float, help="override the backbone's peak lr in the selector stages")
+    ap.add_argument("--detach-selector-input", action="store_true",
+                    help="the selector losses (ratio, calibration) do not reach the backbone: "
+                         "selectors score a detached copy of the tokens")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
     args = ap.parse_args()
     if args.backbone_lr is not None:
         RECIPE["selector"]["backbone_lr"] = args.backbone_lr
+    if args.detach_selector_input:
+        RECIPE["selector"]["detach_input"] = True
     if args.backbone_warmup_steps is not None:
         RECIPE["selector"]["backbone_warmup_steps"] = args.backbone_warmup_steps
     if args.keep_targets:
@@ -297,8 +302,9 @@ def main():
                     span = max(1, int(c["noise_anneal_frac"] * epochs * steps_per_epoch))
                     noise = max(0.0, 1.0 - step_in / span)
                     lrs["noise"] = noise
-                    logits, tok, mask, decs = model.forward_train(xb, n_stages, noise=noise,
-                                                                  tau=c["gumbel_tau"])
+                    logits, tok, mask, decs = model.forward_train(
+                        xb, n_stages, noise=noise, tau=c["gumbel_tau"],
+                        detach_selector_input=c.get("detach_input", False))
                     with torch.no_grad():
                         t_logits, t_tok = teacher.forward_dense(xb)
                     ce = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
