@@ -32,6 +32,8 @@ pub struct CpuInt8 {
     state: Option<(Vec<i16>, Layout)>,
     /// The integer keep scores of the last `score` call (for the package token).
     last_scores: Vec<u32>,
+    /// Buffers the blocks reuse from image to image.
+    scratch: Scratch,
 }
 
 fn failed(msg: impl Into<String>) -> BackendError {
@@ -54,7 +56,7 @@ impl CpuInt8 {
                 crate::quant::model::INT8_FILE
             ))
         })?;
-        Ok(CpuInt8 { model, q, threads: threads.max(1), state: None, last_scores: Vec::new() })
+        Ok(CpuInt8 { model, q, threads: threads.max(1), state: None, last_scores: Vec::new(), scratch: Scratch::default() })
     }
 
     fn state(&mut self, what: &str) -> Result<&mut (Vec<i16>, Layout), BackendError> {
@@ -62,14 +64,43 @@ impl CpuInt8 {
     }
 }
 
-/// `a (m × k) · Wᵀ` into int32, rows split over `threads`.
-fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
+/// Buffers the blocks of one image reuse: sized on first use, grown when a larger image
+/// needs it, never cleared (every kernel writes all of what is read back), so a block
+/// allocates and zeroes nothing in the steady state.
+#[derive(Default)]
+pub struct Scratch {
+    y: Vec<i8>,
+    qkv: Vec<i8>,
+    ctx: Vec<i8>,
+    hid: Vec<i8>,
+    acc: Vec<i32>,
+    head: HeadScratch,
+}
+
+/// One attention head's buffers (one per thread that runs heads).
+#[derive(Default)]
+struct HeadScratch {
+    qh: Vec<i8>,
+    logits: Vec<i32>,
+    probs: Vec<i8>,
+    pv: Vec<i32>,
+    ctx: Vec<i8>,
+}
+
+/// The first `n` elements of `v`, growing it (with zeros) only if it is shorter.
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// `a (m × k) · Wᵀ` into `out` (int32, `m × n`), rows split over `threads`.
+fn gemm_into(threads: usize, w: &PackedWeights, a: &[i8], m: usize, out: &mut [i32]) -> Result<(), BackendError> {
     let (k, n) = (w.in_features(), w.out_features());
-    let mut out = vec![0i32; m * n];
     let t = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
     if t == 1 || n == 0 || k == 0 {
-        gemm_i8_packed(m, a, w, &mut out).map_err(gemm_err)?;
-        return Ok(out);
+        return gemm_i8_packed(m, a, w, out).map_err(gemm_err);
     }
     let per = m.div_ceil(t);
     std::thread::scope(|sc| {
@@ -79,15 +110,13 @@ fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32
             .map(|(ac, oc)| sc.spawn(move || gemm_i8_packed(ac.len() / k, ac, w, oc)))
             .collect();
         jobs.into_iter().try_for_each(|j| j.join().expect("GEMM thread panicked")).map_err(gemm_err)
-    })?;
-    Ok(out)
+    })
 }
 
-/// A Linear layer whose outputs go to int8 through a per-channel multiplier.
-fn linear_i8(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i8>, BackendError> {
-    let acc = gemm(threads, &l.packed, a, m)?;
-    let mut out = vec![0i8; acc.len()];
-    epilogue::requant_i8(&acc, &l.bias, &l.requant, &mut out);
+/// [`gemm_into`] into a new buffer.
+fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
+    let mut out = vec![0i32; m * w.out_features()];
+    gemm_into(threads, w, a, m, &mut out)?;
     Ok(out)
 }
 
@@ -123,67 +152,90 @@ pub fn embed(q: &QuantModel, cfg: &crate::model::Config, image: &[f32], threads:
     Ok(x)
 }
 
-/// One transformer block on `rows` tokens, in place.
+/// One transformer block on `rows` tokens, in place (with buffers of its own; see
+/// [`block_with`]).
 pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usize) -> Result<(), BackendError> {
+    block_with(b, heads, x, rows, threads, &mut Scratch::default())
+}
+
+/// One attention head: `ctx (rows × hd) = requant(softmax(Q_h·K_hᵀ)·V_h)`, with `Q_h`
+/// gathered and `K_h`, `V_h` packed straight from the qkv rows (row pitch 3·d).
+fn head_ctx(b: &QBlock, qkv: &[i8], rows: usize, d: usize, hd: usize, h: usize, s: &mut HeadScratch) -> Result<(), BackendError> {
+    let qh = sized(&mut s.qh, rows * hd);
+    for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
+        dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
+    }
+    let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
+    let logits = sized(&mut s.logits, rows * rows);
+    gemm_i8_packed(rows, qh, &kp, logits).map_err(gemm_err)?;
+    let probs = sized(&mut s.probs, rows * rows);
+    attention::softmax_rows_i8(logits, rows, b.logits, probs);
+    let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
+    let pv = sized(&mut s.pv, rows * hd);
+    gemm_i8_packed(rows, probs, &vp, pv).map_err(gemm_err)?;
+    attention::requant_uniform_i8(pv, b.pv, sized(&mut s.ctx, rows * hd));
+    Ok(())
+}
+
+/// Writes one head's `rows × hd` context into columns `h·hd..` of the `rows × d` matrix.
+fn scatter_head(ctx: &mut [i8], head: &[i8], d: usize, hd: usize, h: usize) {
+    for (dst, src) in ctx.chunks_exact_mut(d).zip(head.chunks_exact(hd)) {
+        dst[h * hd..(h + 1) * hd].copy_from_slice(src);
+    }
+}
+
+/// One transformer block on `rows` tokens, in place, on reused buffers.
+pub fn block_with(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usize, s: &mut Scratch) -> Result<(), BackendError> {
     let d = b.norm1.dim();
     let hd = d / heads;
-    let mut y = vec![0i8; rows * d];
-    b.norm1.apply(x, &mut y);
-    let qkv = linear_i8(threads, &b.qkv, &y, rows)?;
+    let y = sized(&mut s.y, rows * d);
+    b.norm1.apply(x, y);
+    let acc = sized(&mut s.acc, rows * 3 * d);
+    gemm_into(threads, &b.qkv.packed, y, rows, acc)?;
+    let qkv = sized(&mut s.qkv, rows * 3 * d);
+    epilogue::requant_i8(acc, &b.qkv.bias, &b.qkv.requant, qkv);
+    let qkv = &*qkv;
+    let ctx = sized(&mut s.ctx, rows * d);
     // Attention, one head at a time (heads split over threads).
-    let head_ctx = |h: usize| -> Result<Vec<i8>, BackendError> {
-        // Q is the GEMM's row operand and is gathered; K and V are packed straight from
-        // the qkv rows (row pitch 3·d).
-        let mut qh = vec![0i8; rows * hd];
-        for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
-            dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
-        }
-        let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
-        let mut logits = vec![0i32; rows * rows];
-        gemm_i8_packed(rows, &qh, &kp, &mut logits).map_err(gemm_err)?;
-        let mut probs = vec![0i8; rows * rows];
-        attention::softmax_rows_i8(&logits, rows, b.logits, &mut probs);
-        let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
-        let mut pv = vec![0i32; rows * hd];
-        gemm_i8_packed(rows, &probs, &vp, &mut pv).map_err(gemm_err)?;
-        let mut ctx = vec![0i8; rows * hd];
-        attention::requant_uniform_i8(&pv, b.pv, &mut ctx);
-        Ok(ctx)
-    };
-    let per_head: Vec<Vec<i8>> = if threads > 1 && heads > 1 && rows >= MIN_ROWS_PER_THREAD {
+    if threads > 1 && heads > 1 && rows >= MIN_ROWS_PER_THREAD {
         let chunk = heads.div_ceil(threads.min(heads));
-        std::thread::scope(|sc| {
+        let per_thread = std::thread::scope(|sc| {
             let jobs: Vec<_> = (0..heads)
-                .collect::<Vec<_>>()
-                .chunks(chunk)
-                .map(|hs| {
-                    let hs = hs.to_vec();
-                    let f = &head_ctx;
-                    sc.spawn(move || hs.into_iter().map(f).collect::<Result<Vec<_>, _>>())
+                .step_by(chunk)
+                .map(|h0| {
+                    sc.spawn(move || {
+                        let mut hs = HeadScratch::default();
+                        (h0..(h0 + chunk).min(heads))
+                            .map(|h| head_ctx(b, qkv, rows, d, hd, h, &mut hs).map(|()| (h, hs.ctx[..rows * hd].to_vec())))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
                 })
                 .collect();
-            let mut all = Vec::with_capacity(heads);
-            for j in jobs {
-                all.extend(j.join().expect("attention thread panicked")?);
-            }
-            Ok::<_, BackendError>(all)
-        })?
+            jobs.into_iter().map(|j| j.join().expect("attention thread panicked")).collect::<Result<Vec<_>, _>>()
+        })?;
+        for (h, head) in per_thread.iter().flatten() {
+            scatter_head(ctx, head, d, hd, *h);
+        }
     } else {
-        (0..heads).map(head_ctx).collect::<Result<_, _>>()?
-    };
-    let mut ctx = vec![0i8; rows * d];
-    for (h, c) in per_head.iter().enumerate() {
-        for (r, src) in c.chunks_exact(hd).enumerate() {
-            ctx[r * d + h * hd..r * d + (h + 1) * hd].copy_from_slice(src);
+        for h in 0..heads {
+            head_ctx(b, qkv, rows, d, hd, h, &mut s.head)?;
+            scatter_head(ctx, &s.head.ctx[..rows * hd], d, hd, h);
         }
     }
-    let acc = gemm(threads, &b.proj.packed, &ctx, rows)?;
-    epilogue::residual(&acc, &b.proj.bias, &b.proj.requant, b.res1, x);
+    let acc = sized(&mut s.acc, rows * d);
+    gemm_into(threads, &b.proj.packed, ctx, rows, acc)?;
+    epilogue::residual(acc, &b.proj.bias, &b.proj.requant, b.res1, x);
     // MLP.
-    b.norm2.apply(x, &mut y);
-    let hid = linear_gelu_i8(threads, &b.fc1, &y, rows, b.hidden)?;
-    let acc = gemm(threads, &b.fc2.packed, &hid, rows)?;
-    epilogue::residual(&acc, &b.fc2.bias, &b.fc2.requant, b.res2, x);
+    let y = sized(&mut s.y, rows * d);
+    b.norm2.apply(x, y);
+    let hidden = b.fc1.out_features();
+    let acc = sized(&mut s.acc, rows * hidden);
+    gemm_into(threads, &b.fc1.packed, y, rows, acc)?;
+    let hid = sized(&mut s.hid, rows * hidden);
+    epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, b.hidden, hid);
+    let acc = sized(&mut s.acc, rows * d);
+    gemm_into(threads, &b.fc2.packed, hid, rows, acc)?;
+    epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x);
     Ok(())
 }
 
@@ -259,11 +311,11 @@ impl Backend for CpuInt8 {
 
     fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError> {
         let (q, heads, threads) = (Arc::clone(&self.q), self.model.config.num_heads, self.threads);
-        let (x, layout) = self.state("run_blocks")?;
+        let (x, layout) = self.state.as_mut().ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "run_blocks before begin".into() })?;
         let rows = layout.rows();
         for b in blocks {
             let blk = q.blocks.get(b).ok_or_else(|| failed(format!("model has no block {b}")))?;
-            block(blk, heads, x, rows, threads)?;
+            block_with(blk, heads, x, rows, threads, &mut self.scratch)?;
         }
         Ok(())
     }

@@ -105,7 +105,8 @@ pub fn quantize(x: f32, scale: f32) -> i64 {
 
 #[inline]
 pub fn quantize_i8(x: f32, scale: f32) -> i8 {
-    sat_i8(quantize(x, scale))
+    // = sat_i8(quantize(x, scale)) (tested below), without the 64-bit general rounding.
+    round_half_up_to_i8(x / scale)
 }
 
 #[inline]
@@ -225,6 +226,13 @@ mod tests {
         }
         for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, -0.5, 0.5, -1.5, 126.5, -127.5, -0.0] {
             assert_eq!(round_half_up_to_i8(v), sat_i8(round_half_up(v as f64)), "{v}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn quantize_i8_is_the_general_quantisation_saturated(x in any::<f32>(), scale in 1e-6f32..10.0) {
+            prop_assert_eq!(quantize_i8(x, scale), sat_i8(quantize(x, scale)));
         }
     }
 

@@ -69,32 +69,44 @@ impl LayerNormI16 {
         let d3 = (d as f64) * (d as f64) * (d as f64);
         let s_in = self.s_in as f64;
         for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            if d < 1290 {
+                // The same integers in narrower types (so that they vectorise): |S| ≤
+                // 1290·2^15 and |D·x − S| ≤ 2·1290·2^15 fit i32, and
+                // V = Σ (D·x_i − S)² = D²·Σ x_i² − D·S² (expand the square; Σ x_i = S)
+                // with D²·Σ x_i² ≤ D³·2^30 < 2^63.
+                let sum: i32 = row.iter().map(|&v| v as i32).sum();
+                let sq: i64 = row.iter().map(|&v| (v as i32 * v as i32) as i64).sum();
+                let var = (d * d) as i64 * sq - d as i64 * (sum as i64 * sum as i64);
+                let k = self.factor(var as f64, d3, s_in, d);
+                let di = d as i32;
+                for (((o, &v), g), b) in orow.iter_mut().zip(row).zip(&self.g).zip(&self.b) {
+                    let c = (di * v as i32 - sum) as f32;
+                    *o = round_half_up_to_i8((c * k) * g + b);
+                }
+                continue;
+            }
             let sum: i64 = row.iter().map(|&v| v as i64).sum();
-            // |c| ≤ 2·d·2^15, so Σ c² < 4·d³·2^30 fits i64 for d < 1290 (DeiT-B: 768);
-            // wider rows take the i128 sum. Both are the same exact integer.
-            let var: i128 = if d < 1290 {
-                row.iter()
-                    .map(|&v| {
-                        let c = d as i64 * v as i64 - sum;
-                        c * c
-                    })
-                    .sum::<i64>() as i128
-            } else {
-                row.iter()
-                    .map(|&v| {
-                        let c = d as i64 * v as i64 - sum;
-                        c as i128 * c as i128
-                    })
-                    .sum()
-            };
-            let var_real = (var as f64 / d3) * (s_in * s_in);
-            let k = (s_in / (d as f64 * (var_real + self.eps as f64).sqrt())) as f32;
+            // |c| ≤ 2·d·2^15: Σ c² needs i128 for rows this wide.
+            let var: i128 = row
+                .iter()
+                .map(|&v| {
+                    let c = d as i64 * v as i64 - sum;
+                    c as i128 * c as i128
+                })
+                .sum();
+            let k = self.factor(var as f64, d3, s_in, d);
             for (((o, &v), g), b) in orow.iter_mut().zip(row).zip(&self.g).zip(&self.b) {
                 let c = (d as i64 * v as i64 - sum) as f32;
-                let t = (c * k) * g + b;
-                *o = round_half_up_to_i8(t);
+                *o = round_half_up_to_i8((c * k) * g + b);
             }
         }
+    }
+
+    /// Step 2: `k = f32(s_in / (D · sqrt(V / D³ · s_in² + eps)))` from the exact `V`.
+    #[inline(always)]
+    fn factor(&self, var: f64, d3: f64, s_in: f64, d: usize) -> f32 {
+        let var_real = (var / d3) * (s_in * s_in);
+        (s_in / (d as f64 * (var_real + self.eps as f64).sqrt())) as f32
     }
 }
 
@@ -137,6 +149,41 @@ mod tests {
                 // One output step of rounding plus the float reference's own f32 error.
                 prop_assert!((q as f32 - want).abs() <= 0.5 + 2e-3 * want.abs().max(1.0), "{i}: {q} vs {want}");
             }
+        }
+    }
+
+    /// The specification's formula in the widest types: `c_i = D·x_i − S` (i64),
+    /// `V = Σ c_i²` (i128). The kernel computes the same integers in narrower types.
+    fn reference_i128(ln: &LayerNormI16, x: &[i16]) -> Vec<i8> {
+        let d = ln.dim();
+        let d3 = (d as f64).powi(3);
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(d) {
+            let sum: i64 = row.iter().map(|&v| v as i64).sum();
+            let var: i128 = row.iter().map(|&v| (d as i64 * v as i64 - sum) as i128).map(|c| c * c).sum();
+            let k = ln.factor(var as f64, d3, ln.s_in as f64, d);
+            for ((&v, g), b) in row.iter().zip(&ln.g).zip(&ln.b) {
+                out.push(round_half_up_to_i8(((d as i64 * v as i64 - sum) as f32 * k) * g + b));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn narrow_integer_types_give_the_bits_of_the_i128_formula(
+            seed in any::<u64>(), amp in prop_oneof![Just(32767i64), 1i64..=32767], d in prop_oneof![2usize..80, Just(192), Just(768), 1280usize..1300],
+        ) {
+            let mut x = tokens(2, d, seed, amp);
+            // Extreme rows: all at the limit, and alternating signs.
+            x.extend((0..d).map(|_| 32767i16));
+            x.extend((0..d).map(|i| if i % 2 == 0 { 32767 } else { -32767 }));
+            let gamma: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+            let beta: Vec<f32> = (0..d).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+            let ln = LayerNormI16::new(&gamma, &beta, 1e-6, 3e-3, 0.05).unwrap();
+            let mut q = vec![0i8; x.len()];
+            ln.apply(&x, &mut q);
+            prop_assert_eq!(q, reference_i128(&ln, &x));
         }
     }
 

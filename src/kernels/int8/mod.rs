@@ -239,19 +239,44 @@ fn pack_neon(data: &mut Vec<i8>, rows: usize, kp: usize, get: impl Fn(usize, usi
     }
 }
 
-/// A for the AVX2 kernel: `[m][kp]` int16, zero padding.
+/// A for the AVX2 kernel: `[m][kp]` int16, zero padding, into `ap` (whose old contents
+/// are discarded; its allocation is reused).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack_a_avx2(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<i16> {
-    let mut ap = vec![0i16; m * kp];
+fn pack_a_avx2(a: &[i8], m: usize, k: usize, kp: usize, ap: &mut Vec<i16>) {
+    ap.clear();
+    ap.reserve(m * kp);
     if k == 0 {
-        return ap;
+        ap.resize(m * kp, 0);
+        return;
     }
-    for (dst, src) in ap.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s as i16;
+    for src in a.chunks_exact(k).take(m) {
+        ap.extend(src.iter().map(|&s| s as i16));
+        ap.extend(std::iter::repeat_n(0i16, kp - k));
+    }
+}
+
+thread_local! {
+    /// The packed-A buffer of this thread's AVX2 GEMMs, reused from call to call (the
+    /// activations are re-packed for every product; allocating and zeroing a fresh buffer
+    /// each time cost more than the packing itself).
+    static PACKED_A16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `a` packed for the AVX2 kernel, in this thread's reused buffer.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn with_packed_a_avx2<R>(a: &[i8], m: usize, k: usize, kp: usize, f: impl FnOnce(&[i16]) -> R) -> R {
+    PACKED_A16.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            pack_a_avx2(a, m, k, kp, &mut buf);
+            f(&buf)
         }
-    }
-    ap
+        // Re-entered (not done today): a buffer of its own.
+        Err(_) => {
+            let mut buf = Vec::new();
+            pack_a_avx2(a, m, k, kp, &mut buf);
+            f(&buf)
+        }
+    })
 }
 
 /// A for the VNNI kernel: `[m][kp]` u8 = `a + 128` (`a ^ 0x80`); the padding is 128
@@ -335,7 +360,7 @@ pub fn gemm_i8_packed(m: usize, a: &[i8], w: &PackedWeights, out: &mut [i32]) ->
     match w.isa {
         Isa::Scalar => gemm_i8_scalar(m, k, n, a, &w.data, out)?,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => super::arch::x86_64::avx2::gemm(m, n, kp, &pack_a_avx2(a, m, k, kp), &w.data, out),
+        Isa::Avx2 => with_packed_a_avx2(a, m, k, kp, |ap| super::arch::x86_64::avx2::gemm(m, n, kp, ap, &w.data, out)),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             super::arch::x86_64::avx512vnni::gemm(m, n, kp, &pack_a_vnni(a, m, k, kp), &w.data, &w.corr, out)

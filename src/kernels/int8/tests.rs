@@ -205,7 +205,9 @@ fn emulate(isa: Isa, m: usize, a: &[i8], w: &PackedWeights) -> Vec<i32> {
             out[i * n + j] = match isa {
                 Isa::Scalar => (0..k).map(|t| a[i * k + t] as i32 * w.data[j * k + t] as i32).sum(),
                 Isa::Avx2 => {
-                    let ap = pack_a_avx2(a, m, k, kp);
+                    let mut ap = vec![-1i16; 3]; // stale contents must not leak through
+                    pack_a_avx2(a, m, k, kp, &mut ap);
+                    assert_eq!(ap.len(), m * kp);
                     let (blk, h, c) = (j / 16, (j % 16) / 8, j % 8);
                     (0..kp / 2)
                         .map(|q| {

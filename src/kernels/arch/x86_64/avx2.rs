@@ -43,25 +43,52 @@ fn gemm_avx2(m: usize, n: usize, kp: usize, a: &[i16], w: &[i8], out: &mut [i32]
         while i0 < m {
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
-            let mut tile = [[0i32; NR]; MR];
+            let out_rows = &mut out[i0 * n..(i0 + rows) * n];
             match rows {
-                4 => kernel::<4>(a_rows, kp, wblock, &mut tile),
-                3 => kernel::<3>(a_rows, kp, wblock, &mut tile),
-                2 => kernel::<2>(a_rows, kp, wblock, &mut tile),
-                _ => kernel::<1>(a_rows, kp, wblock, &mut tile),
-            }
-            for (r, trow) in tile.iter().enumerate().take(rows) {
-                let o = (i0 + r) * n + j0;
-                out[o..o + cols].copy_from_slice(&trow[..cols]);
+                4 => tile::<4>(a_rows, kp, wblock, out_rows, n, j0, cols),
+                3 => tile::<3>(a_rows, kp, wblock, out_rows, n, j0, cols),
+                2 => tile::<2>(a_rows, kp, wblock, out_rows, n, j0, cols),
+                _ => tile::<1>(a_rows, kp, wblock, out_rows, n, j0, cols),
             }
             i0 += rows;
         }
     }
 }
 
-/// One `R × 16` tile: `tile[r][c] = Σ_k a[r][k] · w[c][k]`.
+/// One `R × cols` output tile (columns `j0..j0 + cols` of the `R` rows of `out`, row
+/// pitch `n`): full 16-column tiles are stored straight from the registers, a partial
+/// last tile through a small buffer.
 #[target_feature(enable = "avx2")]
-fn kernel<const R: usize>(a: &[i16], kp: usize, w: &[i8], tile: &mut [[i32; NR]; MR]) {
+#[inline]
+fn tile<const R: usize>(a: &[i16], kp: usize, w: &[i8], out: &mut [i32], n: usize, j0: usize, cols: usize) {
+    let acc = kernel::<R>(a, kp, w);
+    for (r, acc) in acc.iter().enumerate() {
+        let dst = &mut out[r * n + j0..r * n + j0 + cols];
+        if cols == NR {
+            // SAFETY: `dst` holds exactly 16 i32 = two 32-byte vectors; storeu is unaligned.
+            unsafe {
+                let p = dst.as_mut_ptr() as *mut __m256i;
+                _mm256_storeu_si256(p, acc[0]);
+                _mm256_storeu_si256(p.add(1), acc[1]);
+            }
+        } else {
+            let mut t = [0i32; NR];
+            // SAFETY: `t` holds 16 i32 = two 32-byte vectors; storeu is unaligned.
+            unsafe {
+                let p = t.as_mut_ptr() as *mut __m256i;
+                _mm256_storeu_si256(p, acc[0]);
+                _mm256_storeu_si256(p.add(1), acc[1]);
+            }
+            dst.copy_from_slice(&t[..cols]);
+        }
+    }
+}
+
+/// The accumulators of one `R × 16` tile: `Σ_k a[r][k] · w[c][k]` for `c` in `0..8`
+/// (`[r][0]`) and `8..16` (`[r][1]`).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn kernel<const R: usize>(a: &[i16], kp: usize, w: &[i8]) -> [[__m256i; 2]; R] {
     assert!(R <= MR && a.len() >= R * kp && w.len() >= kp * NR);
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for q in 0..kp / 2 {
@@ -80,14 +107,7 @@ fn kernel<const R: usize>(a: &[i16], kp: usize, w: &[i8], tile: &mut [[i32; NR];
             acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, w1));
         }
     }
-    for (t, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each tile row holds 16 i32 = two 32-byte vectors; storeu is unaligned.
-        unsafe {
-            let p = t.as_mut_ptr() as *mut __m256i;
-            _mm256_storeu_si256(p, acc[0]);
-            _mm256_storeu_si256(p.add(1), acc[1]);
-        }
-    }
+    acc
 }
 
 /// MACs per iteration of [`peak`]: 6 independent `vpmaddwd` (16 MACs each; 6 chains of
