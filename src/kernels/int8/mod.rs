@@ -144,7 +144,7 @@ impl PackedWeights {
     /// operand) for the [`selected_isa`].
     pub fn new_transposed(w_t: &[i8], k: usize, n: usize) -> Result<PackedWeights, GemmError> {
         check_len("w", w_t.len(), k * n, 0, k, n)?;
-        Self::pack(selected_isa(), n, k, |j, t| w_t[t * n + j])
+        Self::pack_cols(selected_isa(), n, k, |t| &w_t[t * n..(t + 1) * n])
     }
 
     /// Packs the `[n, k]` matrix whose row `j` is `src[j·stride..j·stride + k]` (e.g. one
@@ -152,7 +152,7 @@ impl PackedWeights {
     /// it out first. The same result as [`Self::new`] on the gathered rows.
     pub fn new_strided(src: &[i8], n: usize, k: usize, stride: usize) -> Result<PackedWeights, GemmError> {
         check_strided("w", src.len(), n, k, stride)?;
-        Self::pack(selected_isa(), n, k, |j, t| src[j * stride + t])
+        Self::pack_rows(selected_isa(), n, k, |j| &src[j * stride..j * stride + k])
     }
 
     /// Packs the transpose of the `[k, n]` matrix whose row `t` is
@@ -161,24 +161,87 @@ impl PackedWeights {
     /// gathered rows.
     pub fn new_transposed_strided(src: &[i8], k: usize, n: usize, stride: usize) -> Result<PackedWeights, GemmError> {
         check_strided("w", src.len(), k, n, stride)?;
-        Self::pack(selected_isa(), n, k, |j, t| src[t * stride + j])
+        Self::pack_cols(selected_isa(), n, k, |t| &src[t * stride..t * stride + n])
     }
 
     /// Packs `w` (`[n, k]`) for a given kernel (tests and benchmarks compare kernels).
     pub fn with_isa(isa: Isa, w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
         check_len("w", w.len(), n * k, 0, k, n)?;
-        Self::pack(isa, n, k, |j, t| w[j * k + t])
+        Self::pack_rows(isa, n, k, |j| &w[j * k..(j + 1) * k])
     }
 
-    fn pack(isa: Isa, n: usize, k: usize, at: impl Fn(usize, usize) -> i8) -> Result<PackedWeights, GemmError> {
+    /// Packs the `[n, k]` matrix whose row `j` is `row(j)` (`k` elements).
+    fn pack_rows<'a>(isa: Isa, n: usize, k: usize, row: impl Fn(usize) -> &'a [i8]) -> Result<PackedWeights, GemmError> {
+        let mut p = Self::empty(isa, n, k)?;
+        let (kg, nr) = isa.layout();
+        let kq = p.kp / kg;
+        for (j, c) in p.corr.iter_mut().enumerate() {
+            let r = row(j);
+            if let Some(col) = r.iter().position(|&v| v == i8::MIN) {
+                return Err(GemmError::WeightRange { row: j, col });
+            }
+            *c = 128 * r.iter().map(|&v| v as i32).sum::<i32>();
+            // Tile (j/nr, q) holds this row's k-group q at offset j%nr·kg.
+            let base = (j / nr) * kq * nr + j % nr;
+            for (q, grp) in r.chunks(kg).enumerate() {
+                let at = (base + q * nr) * kg;
+                // Element by element: a k-group is 1–16 bytes, too short for a memcpy call.
+                for (d, &v) in p.data[at..at + grp.len()].iter_mut().zip(grp) {
+                    *d = v;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Packs the `[n, k]` matrix whose column `t` is `col(t)` (`n` elements), i.e. the
+    /// transpose of the `[k, n]` matrix with rows `col(t)`.
+    fn pack_cols<'a>(isa: Isa, n: usize, k: usize, col: impl Fn(usize) -> &'a [i8]) -> Result<PackedWeights, GemmError> {
+        let mut p = Self::empty(isa, n, k)?;
+        let (kg, nr) = isa.layout();
+        let kq = p.kp / kg;
+        let mut sums = vec![0i32; n];
+        for t in 0..k {
+            let c = col(t);
+            if let Some(j) = c.iter().position(|&v| v == i8::MIN) {
+                return Err(GemmError::WeightRange { row: j, col: t });
+            }
+            for (s, &v) in sums.iter_mut().zip(c) {
+                *s += v as i32;
+            }
+            // Channels j0..j0+nr of k-group t/kg sit kg apart from this offset on.
+            for (jb, blk) in c.chunks(nr).enumerate() {
+                let start = ((jb * kq + t / kg) * nr) * kg + t % kg;
+                for (d, &v) in p.data[start..].iter_mut().step_by(kg).zip(blk) {
+                    *d = v;
+                }
+            }
+        }
+        for (c, s) in p.corr.iter_mut().zip(sums) {
+            *c = 128 * s;
+        }
+        Ok(p)
+    }
+
+    /// All-zero packed storage for `isa`'s layout (padding stays 0).
+    fn empty(isa: Isa, n: usize, k: usize) -> Result<PackedWeights, GemmError> {
         if !isa.is_available() {
             return Err(GemmError::Unsupported { isa });
         }
-        Self::pack_layout(isa, n, k, at)
+        if k > MAX_K {
+            return Err(GemmError::TooDeep { k });
+        }
+        let (kg, nr) = isa.layout();
+        let kp = k.div_ceil(kg) * kg;
+        let np = n.div_ceil(nr) * nr;
+        let data = vec![0i8; if isa == Isa::Scalar { n * k } else { np * kp }];
+        Ok(PackedWeights { isa, n, k, kp, data, corr: vec![0; n] })
     }
 
-    /// Packs for `isa`'s layout whether or not this CPU can run it (the tests emulate
-    /// every layout on every host).
+    /// Packs for `isa`'s layout whether or not this CPU can run it, one element at a time
+    /// (the tests emulate every layout on every host, and hold the fast packers above to
+    /// this one).
+    #[cfg(test)]
     fn pack_layout(isa: Isa, n: usize, k: usize, at: impl Fn(usize, usize) -> i8) -> Result<PackedWeights, GemmError> {
         if k > MAX_K {
             return Err(GemmError::TooDeep { k });

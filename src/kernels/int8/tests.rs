@@ -314,3 +314,40 @@ proptest! {
         }
     }
 }
+
+/// The row and column packers (every constructor) put each element where the
+/// element-at-a-time reference packing puts it, for every layout this CPU runs, across
+/// shapes that leave partial k-groups and channel blocks.
+#[test]
+fn fast_packers_match_the_element_packing() {
+    for isa in Isa::available() {
+        for (n, k) in [(1, 1), (3, 5), (16, 32), (17, 33), (21, 37), (64, 197), (197, 64)] {
+            let w = fill(n * k, (n * 31 + k) as u64, -127, 127);
+            let want = PackedWeights::pack_layout(isa, n, k, |j, t| w[j * k + t]).unwrap();
+            assert_eq!(PackedWeights::with_isa(isa, &w, n, k).unwrap(), want, "{isa} rows {n}x{k}");
+            let mut w_t = vec![0i8; k * n];
+            for j in 0..n {
+                for t in 0..k {
+                    w_t[t * n + j] = w[j * k + t];
+                }
+            }
+            let cols = PackedWeights::pack_cols(isa, n, k, |t| &w_t[t * n..(t + 1) * n]).unwrap();
+            assert_eq!(cols, want, "{isa} cols {n}x{k}");
+        }
+    }
+}
+
+#[test]
+fn packers_refuse_minus_128_with_its_position() {
+    let (n, k) = (5, 7);
+    let mut w = fill(n * k, 3, -127, 127);
+    w[3 * k + 4] = i8::MIN;
+    assert_eq!(PackedWeights::new(&w, n, k).unwrap_err(), GemmError::WeightRange { row: 3, col: 4 });
+    let mut w_t = vec![0i8; k * n];
+    for j in 0..n {
+        for t in 0..k {
+            w_t[t * n + j] = w[j * k + t];
+        }
+    }
+    assert_eq!(PackedWeights::new_transposed(&w_t, k, n).unwrap_err(), GemmError::WeightRange { row: 3, col: 4 });
+}
