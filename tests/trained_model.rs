@@ -14,12 +14,13 @@ use heatvit::model::{Model, PruningMode};
 use heatvit::preprocess;
 
 // Measured on the subset when the model was committed (see the test output) minus a margin.
-// (500 images: dense 84.0%, adaptive 84.2% at 69.7% of the dense MACs, int8 adaptive 83.4%.)
-const DENSE_MIN: f64 = 0.82;
-const ADAPTIVE_MIN: f64 = 0.82;
-const MACS_PCT_MAX: f64 = 72.0;
+// (500 images, run 8: dense 85.8%, adaptive 87.2% at 57.6% of the dense MACs, int8
+// adaptive 88.0%, int8/float top-1 agreement 0.984.)
+const DENSE_MIN: f64 = 0.84;
+const ADAPTIVE_MIN: f64 = 0.855;
+const MACS_PCT_MAX: f64 = 60.0;
 const INT8_MAX_DROP: f64 = 0.015;
-const INT8_MIN_AGREEMENT: f64 = 0.95;
+const INT8_MIN_AGREEMENT: f64 = 0.96;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
