@@ -165,9 +165,9 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                "to keep 0.57 of its input and collapsed it to keeping nothing: this one asks no "
                "selector for less than 0.615. `tools/schedule.py` (written afterwards) evaluates it on "
                "the keep-ratio → block-latency table measured by `heatvit-run bench --block-lut` and "
-               "ranks the alternatives for a latency budget: on the cpu-int8 table it predicts 52.6% of "
+               "ranks the alternatives for a latency budget: on the cpu-int8 table it predicts 53.2% of "
                "the dense blocks' latency for this schedule (within a 55% budget) and would have "
-               "ranked [1, 2, 3] with 0.7/0.5/0.35 first (docs/results.md). The "
+               "ranked [1, 2, 4] with 0.65/0.45/0.3 first (docs/results.md). The "
                "fabric's cycle model does not exist yet.",
                "- Adaptive mode (config default) keeps token j iff fused p_j ≥ 0.5, so the count varies "
                "per image; the table gives the mean and the range.", ""]
