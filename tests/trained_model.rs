@@ -14,13 +14,18 @@ use heatvit::model::{Model, PruningMode};
 use heatvit::preprocess;
 
 // Measured on the subset when the model was committed (see the test output) minus a margin.
-// (500 images, run 8: dense 85.8%, adaptive 87.2% at 57.6% of the dense MACs, int8
-// adaptive 88.0%, int8/float top-1 agreement 0.984.)
-const DENSE_MIN: f64 = 0.84;
-const ADAPTIVE_MIN: f64 = 0.855;
-const MACS_PCT_MAX: f64 = 60.0;
+// (500 images, run 9: dense 89.2%, adaptive 90.6% at 51.7% of the dense MACs keeping
+// 47.6 / 21.9 / 0.0 patch tokens per stage, int8 adaptive 89.8%, int8/float top-1
+// agreement 0.990.)
+const DENSE_MIN: f64 = 0.875;
+const ADAPTIVE_MIN: f64 = 0.89;
+const MACS_PCT_MAX: f64 = 54.0;
 const INT8_MAX_DROP: f64 = 0.015;
-const INT8_MIN_AGREEMENT: f64 = 0.96;
+const INT8_MIN_AGREEMENT: f64 = 0.975;
+/// Mean patch tokens kept per stage, as ranges around the committed model's figures. Run 9's
+/// third selector learnt to fold every remaining patch into the package tokens (docs/results.md),
+/// so its range is "about none"; the first two must stay image-adaptive.
+const STAGE_KEPT: [(f64, f64); 3] = [(44.0, 49.0), (18.0, 26.0), (0.0, 1.0)];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,6 +35,8 @@ struct Score {
     top1: f64,
     mean_macs_pct: f64,
     mean_kept: Vec<f64>,
+    /// Fewest and most patch tokens any image kept, per stage.
+    kept_range: Vec<(usize, usize)>,
     predictions: Vec<usize>,
 }
 
@@ -42,6 +49,7 @@ fn score(dir: &str, backend: BackendChoice, mode: PruningMode) -> Score {
     let data = dataset::load_idx(&root().join("tests/fixtures/fmnist-subset"), "t10k", None).unwrap();
     let (mut correct, mut macs, mut dense) = (0usize, 0u64, 0u64);
     let mut kept = vec![0f64; model.config.pruning.locations.len()];
+    let mut kept_range = vec![(usize::MAX, 0usize); kept.len()];
     let mut predictions = Vec::new();
     for (img, &label) in data.images.iter().zip(&data.labels) {
         let rgb = image::DynamicImage::ImageLuma8(img.clone()).into_rgb8();
@@ -51,18 +59,29 @@ fn score(dir: &str, backend: BackendChoice, mode: PruningMode) -> Score {
         correct += usize::from(top == label as usize);
         macs += inf.macs;
         dense = inf.dense_macs;
-        for (k, s) in kept.iter_mut().zip(&inf.stages) {
+        for ((k, r), s) in kept.iter_mut().zip(kept_range.iter_mut()).zip(&inf.stages) {
             *k += s.kept as f64;
+            *r = (r.0.min(s.kept), r.1.max(s.kept));
         }
     }
     let n = data.images.len() as f64;
+    for r in kept_range.iter_mut().filter(|r| r.0 > r.1) {
+        *r = (0, 0); // no image reached this stage (pruning off)
+    }
     let s = Score {
         top1: correct as f64 / n,
         mean_macs_pct: 100.0 * macs as f64 / n / dense as f64,
         mean_kept: kept.iter().map(|k| k / n).collect(),
+        kept_range,
         predictions,
     };
-    eprintln!("{dir} {backend:?} {mode:?}: top-1 {:.2}%, MACs {:.1}%, kept {:?}", 100.0 * s.top1, s.mean_macs_pct, s.mean_kept);
+    eprintln!(
+        "{dir} {backend:?} {mode:?}: top-1 {:.2}%, MACs {:.1}%, kept {:?} (per-image range {:?})",
+        100.0 * s.top1,
+        s.mean_macs_pct,
+        s.mean_kept,
+        s.kept_range
+    );
     s
 }
 
@@ -82,9 +101,14 @@ fn float_model_accuracy_and_pruning_on_the_subset() {
     assert!(dense.top1 >= DENSE_MIN, "dense top-1 {}", dense.top1);
     assert!(heat.top1 >= ADAPTIVE_MIN, "adaptive top-1 {}", heat.top1);
     assert!(heat.mean_macs_pct <= MACS_PCT_MAX, "adaptive MACs {}% of dense", heat.mean_macs_pct);
-    // Image-adaptive: not every image keeps the same count (checked in the stage means
-    // not being whole numbers would be weak; the table in docs/results.md shows ranges).
-    assert!(heat.mean_kept.iter().all(|&k| k > 0.0 && k < 49.0), "{:?}", heat.mean_kept);
+    assert_eq!(heat.mean_kept.len(), STAGE_KEPT.len());
+    for (i, (&k, &(lo, hi))) in heat.mean_kept.iter().zip(&STAGE_KEPT).enumerate() {
+        assert!((lo..=hi).contains(&k), "stage {}: mean kept {k}, expected {lo}..={hi}", i + 1);
+    }
+    // Image-adaptive: the first two stages keep different counts for different images.
+    for (i, &(lo, hi)) in heat.kept_range.iter().take(2).enumerate() {
+        assert!(hi >= lo + 5, "stage {}: every image keeps {lo}..={hi} tokens", i + 1);
+    }
 }
 
 #[test]
