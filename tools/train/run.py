@@ -70,6 +70,10 @@ def phases():
     ph = [("dense", RECIPE["dense"]["epochs"], 0)]
     for k, st in enumerate(RECIPE["stages"]):
         ph.append((f"stage{k + 1}", st["epochs"], k + 1))
+    ext = RECIPE.get("extend")
+    if ext:
+        n = len(RECIPE["stages"])
+        ph.append((f"stage{n}-extend", ext["epochs"], n))
     return ph
 
 
@@ -107,7 +111,9 @@ def cosine(step, total, peak, floor, warmup):
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs):
+def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs, scale=1.0):
+    """Learning rates of this step. `scale` multiplies the selector phases' peaks (the
+    extension phase runs a fresh, lower cosine)."""
     total = epochs * steps_per_epoch
     if phase_stages == 0:
         c = RECIPE["dense"]
@@ -116,12 +122,12 @@ def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs):
             g["lr"] = lr
         return {"lr": lr}
     c = RECIPE["selector"]
-    slr = cosine(step_in_phase, total, c["lr"], c["min_lr"], c["warmup_steps"])
+    slr = cosine(step_in_phase, total, scale * c["lr"], scale * c["min_lr"], c["warmup_steps"])
     frozen = c["backbone_frozen_epochs"] * steps_per_epoch
     if step_in_phase < frozen:
         blr = 0.0
     else:
-        blr = cosine(step_in_phase - frozen, total - frozen, c["backbone_lr"], 0.0,
+        blr = cosine(step_in_phase - frozen, total - frozen, scale * c["backbone_lr"], 0.0,
                      c.get("backbone_warmup_steps", 0))
     for g in opt.param_groups:
         g["lr"] = slr if g["kind"] == "selector" else blr
@@ -167,6 +173,12 @@ def main():
     ap.add_argument("--detach-selector-input", action="store_true",
                     help="the selector losses (ratio, calibration) do not reach the backbone: "
                          "selectors score a detached copy of the tokens")
+    ap.add_argument("--extend-last-stage", type=int, metavar="EPOCHS",
+                    help="after the last selector stage has finished, train all selectors and the "
+                         "backbone this many more epochs (a fresh AdamW and cosine, no Gumbel noise); "
+                         "run it in a copy of a finished run directory without results.json")
+    ap.add_argument("--extend-lr-scale", type=float, default=0.2,
+                    help="peak learning rates of the extension as a fraction of the stage's (default 0.2)")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
@@ -195,6 +207,10 @@ def main():
         RECIPE["dense"]["epochs"] = args.dense_epochs
     if args.dense_lr is not None:
         RECIPE["dense"]["lr"] = args.dense_lr
+    if args.extend_last_stage:
+        if args.extend_last_stage < 1 or not 0 < args.extend_lr_scale <= 1:
+            raise SystemExit("--extend-last-stage needs a positive epoch count and --extend-lr-scale in (0, 1]")
+        RECIPE["extend"] = {"epochs": args.extend_last_stage, "lr_scale": args.extend_lr_scale}
     torch.set_num_threads(args.threads)
     if args.smoke:
         RECIPE["dense"]["epochs"] = 1
@@ -220,6 +236,18 @@ def main():
         ck = torch.load(ckpt_path, weights_only=False)
         if ck["seed"] != args.seed:
             raise SystemExit(f"{ckpt_path} was made with seed {ck['seed']}; use a new --run-dir")
+        if ck["recipe"] != RECIPE and RECIPE.get("extend") and not ck["recipe"].get("extend"):
+            # Extending a finished run: the recipe must be the run's own plus the extension,
+            # and every one of its phases must be done.
+            old_r = json.loads(json.dumps(ck["recipe"]))
+            old_r["extend"] = RECIPE["extend"]
+            if old_r != RECIPE or ck["phase"] != len(PH) - 1:
+                raise SystemExit(f"{ckpt_path}: --extend-last-stage needs a finished run made "
+                                 "with the same recipe (the same options as its command line)")
+            note = f"after all stages: extension {json.dumps(RECIPE['extend'])}"
+            ck.setdefault("recipe_changes", []).append(note)
+            ck["recipe"] = json.loads(json.dumps(RECIPE))
+            log("recipe change: " + note)
         if ck["recipe"] != RECIPE:
             # The changes allowed in place, while the dense phase is still running: the number
             # of dense epochs (the cosine schedule is then stretched from the current step on)
@@ -262,6 +290,7 @@ def main():
 
     while state["phase"] < len(PH):
         name, epochs, n_stages = PH[state["phase"]]
+        extending = name.endswith("-extend")
         if n_stages > 0 and teacher is None:
             with torch.random.fork_rng():   # must not consume the training RNG (exact resume)
                 teacher = build_model()
@@ -291,7 +320,8 @@ def main():
                 xb = data.augment(train_x[idx], aug_gen, RECIPE["augment"]["crop_pad"])
                 xb = data.to_input(xb)
                 yb = train_y[idx]
-                lrs = set_lrs(opt, n_stages, ep, ep * steps_per_epoch + k, steps_per_epoch, epochs)
+                lrs = set_lrs(opt, n_stages, ep, ep * steps_per_epoch + k, steps_per_epoch, epochs,
+                              scale=RECIPE["extend"]["lr_scale"] if extending else 1.0)
                 if n_stages == 0:
                     logits, _ = model.forward_dense(xb)
                     loss = F.cross_entropy(logits, yb, label_smoothing=RECIPE["dense"]["label_smoothing"])
@@ -300,7 +330,7 @@ def main():
                     c = RECIPE["selector"]
                     step_in = ep * steps_per_epoch + k
                     span = max(1, int(c["noise_anneal_frac"] * epochs * steps_per_epoch))
-                    noise = max(0.0, 1.0 - step_in / span)
+                    noise = 0.0 if extending else max(0.0, 1.0 - step_in / span)
                     lrs["noise"] = noise
                     logits, tok, mask, decs = model.forward_train(
                         xb, n_stages, noise=noise, tau=c["gumbel_tau"],
