@@ -166,6 +166,8 @@ def main():
                          "dense_final.pt): a second cosine cycle of --dense-epochs at --dense-lr")
     ap.add_argument("--dense-epochs", type=int, help="override the recipe's dense epochs")
     ap.add_argument("--dense-lr", type=float, help="override the recipe's dense peak lr")
+    ap.add_argument("--locations", help="override the selector locations (0-based block indices, "
+                    "increasing), e.g. 2,4; give --keep-targets and --stage-epochs to match")
     ap.add_argument("--keep-targets", help="override the cumulative keep targets, e.g. 0.7,0.5,0.3")
     ap.add_argument("--stage-epochs", help="override the epochs of each selector stage, e.g. 2,2,4")
     ap.add_argument("--calib-weight", type=float, help="override the calibration-loss weight")
@@ -189,6 +191,19 @@ def main():
         RECIPE["selector"]["detach_input"] = True
     if args.backbone_warmup_steps is not None:
         RECIPE["selector"]["backbone_warmup_steps"] = args.backbone_warmup_steps
+    if args.locations:
+        try:
+            loc = [int(v) for v in args.locations.split(",")]
+        except ValueError:
+            raise SystemExit(f"--locations: not a list of integers: {args.locations!r}")
+        depth = RECIPE["geometry"]["depth"]
+        if not loc or any(not 0 <= a < depth for a in loc) or loc != sorted(set(loc)):
+            raise SystemExit(f"--locations needs increasing block indices in 0..{depth - 1}")
+        RECIPE["locations"] = loc
+        RECIPE["keep_targets"] = RECIPE["keep_targets"][:len(loc)]
+        RECIPE["stages"] = RECIPE["stages"][:len(loc)]
+        if len(loc) > 3 and not (args.keep_targets and args.stage_epochs):
+            raise SystemExit("more than 3 --locations need --keep-targets and --stage-epochs")
     if args.keep_targets:
         kt = [float(v) for v in args.keep_targets.split(",")]
         if len(kt) != len(RECIPE["locations"]) or any(not 0 < a <= 1 for a in kt):
@@ -214,7 +229,7 @@ def main():
     torch.set_num_threads(args.threads)
     if args.smoke:
         RECIPE["dense"]["epochs"] = 1
-        RECIPE["stages"] = [{"epochs": 2}, {"epochs": 1}, {"epochs": 1}]
+        RECIPE["stages"] = [{"epochs": 2}] + [{"epochs": 1}] * (len(RECIPE["locations"]) - 1)
     os.makedirs(args.run_dir, exist_ok=True)
     ckpt_path = os.path.join(args.run_dir, "ckpt.pt")
 
@@ -273,7 +288,18 @@ def main():
             f" epoch {ck['epoch']} step {ck['step']} ({ck['train_seconds'] / 60:.1f} min trained)")
     else:
         if RECIPE["init_from"]:
-            model.load_state_dict(torch.load(RECIPE["init_from"]))
+            sd = torch.load(RECIPE["init_from"])
+            own = model.state_dict()
+            if set(sd) != set(own):
+                # Another selector layout (--locations): the backbone comes from the file, the
+                # selectors keep this model's seeded initialisation.
+                sd = {k: v for k, v in sd.items() if not k.startswith("selectors.")}
+                bad = sorted(set(sd) ^ {k for k in own if not k.startswith("selectors.")})
+                if bad:
+                    raise SystemExit(f"{RECIPE['init_from']}: backbone tensors differ: {bad[:5]}")
+                sd = {**{k: v for k, v in own.items() if k.startswith("selectors.")}, **sd}
+                log("selector layout differs from the init file: selectors initialised here")
+            model.load_state_dict(sd)
             log(f"dense phase starts from {RECIPE['init_from']}")
         log(f"new run in {args.run_dir}, seed {args.seed}, recipe {json.dumps(RECIPE)}")
 
