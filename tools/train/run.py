@@ -222,7 +222,7 @@ def main():
         RECIPE["dense"]["epochs"] = args.dense_epochs
     if args.dense_lr is not None:
         RECIPE["dense"]["lr"] = args.dense_lr
-    if args.extend_last_stage:
+    if args.extend_last_stage is not None:
         if args.extend_last_stage < 1 or not 0 < args.extend_lr_scale <= 1:
             raise SystemExit("--extend-last-stage needs a positive epoch count and --extend-lr-scale in (0, 1]")
         RECIPE["extend"] = {"epochs": args.extend_last_stage, "lr_scale": args.extend_lr_scale}
