@@ -436,13 +436,31 @@ impl QuantModel {
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let meta: std::collections::HashMap<String, String> =
             [("format".to_string(), FORMAT.to_string()), ("version".to_string(), VERSION.to_string())].into();
-        let bytes = safetensors::serialize(views, Some(meta))?;
+        let bytes = canonical_header(safetensors::serialize(views, Some(meta))?)?;
         let path = dir.join(INT8_FILE);
         let tmp = dir.join(format!(".{INT8_FILE}.tmp"));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     }
+}
+
+/// Rewrites a safetensors file's JSON header with its keys sorted, so that saving the
+/// same model twice gives the same bytes. `safetensors::serialize` takes the metadata as a
+/// `HashMap`, whose iteration order (and so the header text) changes from run to run;
+/// serde_json's default `Map` is a `BTreeMap`, so a parse and re-print sorts every object.
+/// The re-printed header has the same length as the original (same content, compact
+/// either way), and keeps the space padding that aligns the data to 8 bytes.
+fn canonical_header(mut bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let bad = || anyhow::anyhow!("safetensors::serialize produced a file without a valid header");
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(bad)?.try_into()?) as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(bad)?;
+    let value: serde_json::Value = serde_json::from_slice(header)?;
+    let sorted = serde_json::to_vec(&value)?;
+    anyhow::ensure!(sorted.len() <= n, "re-printed safetensors header grew from {n} to {} bytes", sorted.len());
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    bytes[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(bytes)
 }
 
 // ---- sources ------------------------------------------------------------------------
