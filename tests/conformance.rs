@@ -3,7 +3,8 @@
 //! in `tests/fixtures/tiny-cases/expected.json` (adaptive, topk and none), and our
 //! preprocessing against timm's eval transform on the same image files.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,19 +43,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn inputs() -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(root().join("tests/fixtures/tiny-cases/inputs.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            assert_eq!(v.dtype(), safetensors::Dtype::F32);
-            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (name, data)
-        })
-        .collect()
-}
-
 fn expected() -> Expected {
     let text = std::fs::read_to_string(root().join("tests/fixtures/tiny-cases/expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -67,7 +55,7 @@ fn model() -> Arc<Model> {
 #[test]
 fn float_forward_matches_reference_in_every_mode() {
     let model = model();
-    let inputs = inputs();
+    let inputs = common::tiny_case_inputs();
     let exp = expected();
     let mut modes = std::collections::BTreeSet::new();
     let mut worst = 0.0f32;
@@ -114,7 +102,7 @@ fn image_for(name: &str) -> Option<PathBuf> {
 fn preprocessing_matches_timm_eval_transform() {
     let model = model();
     let mut checked = 0;
-    for (name, want) in inputs() {
+    for (name, want) in common::tiny_case_inputs() {
         let Some(path) = image_for(&name) else { continue };
         let got = preprocess::load(&model.config, &path).unwrap().tensor;
         assert_eq!(got.len(), want.len());

@@ -7,6 +7,8 @@
 //! (UQ0.16) selector scores, the kept patch indices of every stage and the f32 logits.
 //! Regenerating: tools/README.md.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,19 +48,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn inputs() -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(root().join("tests/fixtures/tiny-cases/inputs.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            assert_eq!(v.dtype(), safetensors::Dtype::F32);
-            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            (name, data)
-        })
-        .collect()
-}
-
 fn expected() -> Expected {
     let text = std::fs::read_to_string(root().join("tests/fixtures/tiny-int8/expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -93,7 +82,7 @@ fn q16(p: f32) -> u32 {
 
 fn check(threads: usize) {
     let (_dir, model) = model();
-    let inputs = inputs();
+    let inputs = common::tiny_case_inputs();
     let exp = expected();
     assert_eq!(exp.generator, "tools/int8_ref.py");
     let mut modes = BTreeSet::new();
