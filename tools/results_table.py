@@ -4,16 +4,17 @@
 Every figure comes from `heatvit-run eval --json` on the full test split (top-1, mean kept
 patch tokens per stage, MACs as % of dense, mean forward latency per image on 1 thread):
 
-  dense (float, --pruning none)
+  the dense model (--dense-model: no selectors, the teacher the selector stages started from)
+  the HeatViT model's own backbone with pruning off (float, --pruning none)
   HeatViT adaptive at each --thresholds value (float)
   DynamicViT-style top-k with the keep ratios matched to adaptive at --match (the mean
     kept tokens per stage / N0), same backbone and selectors
   EViT-style attention keep (--pruning evit) at the same matched ratios, same backbone
-  the int8 model (cpu-int8) dense and adaptive at each threshold
+  the int8 model (cpu-int8) with pruning off and adaptive at each threshold
 
 Usage:
   python3 tools/results_table.py --model models/fmnist-heatvit --qmodel models/fmnist-heatvit-int8 \
-      --dataset /usr/share/datasets/fashion-mnist [--thresholds 0.4,0.5,0.6] [--match 0.5] \
+      [--dense-model models/fmnist-deit-dense] --dataset /usr/share/datasets/fashion-mnist [--thresholds 0.4,0.5,0.6] [--match 0.5] \
       [--limit N] [--heatvit target/release/heatvit-run] [--json-out docs/results.json]
 Prints the markdown table on stdout.
 """
@@ -38,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--qmodel")
+    ap.add_argument("--dense-model", help="the dense model without selectors (the teacher)")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--thresholds", default="0.4,0.5,0.6")
     ap.add_argument("--match", type=float, default=0.5)
@@ -49,7 +51,11 @@ def main():
     ths = [float(t) for t in a.thresholds.split(",")]
     rows = []
     f32 = ["--backend", "cpu-f32"]
-    rows.append(("dense", "float", ev(a.heatvit, a.model, a.dataset, a.limit, *f32, "--pruning", "none")))
+    if a.dense_model:
+        rows.append(("dense model (no selectors; the teacher)", "float",
+                     ev(a.heatvit, a.dense_model, a.dataset, a.limit, *f32, "--pruning", "none")))
+    rows.append(("HeatViT backbone, pruning off", "float",
+                 ev(a.heatvit, a.model, a.dataset, a.limit, *f32, "--pruning", "none")))
     matched = None
     for t in ths:
         r = ev(a.heatvit, a.model, a.dataset, a.limit, *f32, "--pruning", "adaptive", "--threshold", str(t))
@@ -65,7 +71,7 @@ def main():
                  ev(a.heatvit, a.model, a.dataset, a.limit, *f32, "--pruning", "evit", "--keep-ratios", ratios)))
     if a.qmodel:
         i8 = ["--backend", "cpu-int8"]
-        rows.append(("dense", "int8", ev(a.heatvit, a.qmodel, a.dataset, a.limit, *i8, "--pruning", "none")))
+        rows.append(("HeatViT backbone, pruning off", "int8", ev(a.heatvit, a.qmodel, a.dataset, a.limit, *i8, "--pruning", "none")))
         for t in ths:
             rows.append((f"HeatViT adaptive, threshold {t}", "int8",
                          ev(a.heatvit, a.qmodel, a.dataset, a.limit, *i8, "--pruning", "adaptive", "--threshold", str(t))))

@@ -82,12 +82,55 @@ COMMANDS = [
 ]
 
 
+# Why each trained schedule was chosen (keyed by the selector locations), for the model card.
+SCHEDULE_NOTES = {
+    (1, 2, 4): "- Chosen by hand after run 3, whose schedule (0.6/0.35/0.2) asked its third selector "
+               "to keep 0.57 of its input and collapsed it to keeping nothing: this one asks no "
+               "selector for less than 0.615. `tools/schedule.py` (written afterwards) evaluates it on "
+               "the keep-ratio → block-latency table measured by `heatvit-run bench --block-lut` and "
+               "ranks the alternatives for a latency budget: on the cpu-int8 table it predicts 53.2% of "
+               "the dense blocks' latency for this schedule (within a 55% budget) and would have "
+               "ranked [1, 2, 4] with 0.65/0.45/0.3 first (docs/results.md). The "
+               "fabric's cycle model does not exist yet.",
+    (2, 4): "- The schedule run 9's training drifted to, asked for directly (runs 11, 12, 14): run 9 "
+            "had three selectors before blocks 1, 2, 4 with targets 0.65/0.40/0.30, and its first "
+            "selector learnt to keep 98% of the patches, its second 45% and its third none. "
+            "`tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl --depth 6 --n0 49 --stages 2 "
+            "--budget 0.55 --evaluate 2,4:0.45,0.1` predicts 53.8% of the dense blocks' latency "
+            "for it on the cpu-int8 table (within a 55% budget); the script's own ranking puts "
+            "gentler per-stage drops first ([1, 2] with 0.6/0.4), which were not trained "
+            "(docs/results.md). The fabric's cycle model does not exist yet.",
+}
+
+
 def _write(path, text_or_bytes):
     tmp = path + ".tmp"
     mode = "wb" if isinstance(text_or_bytes, bytes) else "w"
     with open(tmp, mode) as f:
         f.write(text_or_bytes)
     os.replace(tmp, path)
+
+
+def dense_lineage(recipe):
+    """The dense cycles this model descends from, oldest first: `init_from` names an earlier
+    run's dense_final.pt, whose run directory's ckpt.pt holds that cycle's recipe and per-epoch
+    history (and possibly its own init_from).  Each entry: run_dir, epochs, lr, dense history,
+    CPU seconds.  A missing checkpoint ends the chain with an entry saying so."""
+    chain = []
+    src = recipe.get("init_from")
+    while src:
+        run_dir = os.path.dirname(os.path.abspath(src))
+        ckp = os.path.join(run_dir, "ckpt.pt")
+        if not os.path.exists(ckp):
+            chain.append({"run_dir": run_dir, "missing": True})
+            break
+        ck = torch.load(ckp, weights_only=False)
+        hist = [h for h in ck["history"] if h["phase"] == "dense"]
+        chain.append({"run_dir": run_dir, "epochs": ck["recipe"]["dense"]["epochs"],
+                      "lr": ck["recipe"]["dense"]["lr"], "history": hist,
+                      "cpu_seconds": max([h.get("train_seconds_total", 0) for h in hist] or [0])})
+        src = ck["recipe"].get("init_from")
+    return chain[::-1]
 
 
 def config_dict(recipe, mode):
@@ -141,6 +184,8 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
 
     train_s = max([h.get("train_seconds_total", 0) for h in history] or [0])
     dense_s = max([h.get("train_seconds_total", 0) for h in history if h["phase"] == "dense"] or [0])
+    lineage = dense_lineage(recipe)
+    earlier_s = sum(c.get("cpu_seconds", 0) for c in lineage)
     g = recipe["geometry"]
     name = "fmnist-heatvit" if mode != "none" else "fmnist-deit-dense"
     desc = (f"DeiT-style ViT (D={g['embed_dim']}, depth {g['depth']}, {g['num_heads']} heads, "
@@ -168,10 +213,12 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
         "commands": COMMANDS,
         "training_time": {"total_cpu_hours": round(train_s / 3600, 3),
                           "dense_cpu_hours": round(dense_s / 3600, 3),
-                          "hardware": "shared 2-core AMD EPYC VM, 1 torch thread, nice 10"},
+                          "earlier_dense_cycles_cpu_hours": round(earlier_s / 3600, 3),
+                          "hardware": "shared 2-core AMD EPYC VM, nice 5-10, 1 torch thread unless the command says --threads"},
         "results": results,
         "recipe_changes": recipe_changes or [],
         "history": history,
+        "dense_lineage": lineage,
     }
     _write(os.path.join(out_dir, "model_card.json"), json.dumps(card, indent=1) + "\n")
 
@@ -189,14 +236,8 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                f"- Selector locations (0-based, before the block): {recipe['locations']}.",
                f"- Training targets (cumulative keep ratios of the 49 patches): {recipe['keep_targets']}; "
                "these are also `pruning.keep_ratios` in config.json (used by `topk` mode).",
-               "- Chosen by hand after run 3, whose schedule (0.6/0.35/0.2) asked its third selector "
-               "to keep 0.57 of its input and collapsed it to keeping nothing: this one asks no "
-               "selector for less than 0.615. `tools/schedule.py` (written afterwards) evaluates it on "
-               "the keep-ratio → block-latency table measured by `heatvit-run bench --block-lut` and "
-               "ranks the alternatives for a latency budget: on the cpu-int8 table it predicts 53.2% of "
-               "the dense blocks' latency for this schedule (within a 55% budget) and would have "
-               "ranked [1, 2, 4] with 0.65/0.45/0.3 first (docs/results.md). The "
-               "fabric's cycle model does not exist yet.",
+               SCHEDULE_NOTES.get(tuple(recipe["locations"]), "- Schedule chosen by hand; "
+                                  "evaluate it with `tools/schedule.py --evaluate` (docs/results.md)."),
                "- Adaptive mode (config default) keeps token j iff fused p_j ≥ 0.5, so the count varies "
                "per image; the table gives the mean, and the line below the range."]
         a = results.get("adaptive@0.5") or {}
@@ -208,14 +249,26 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                           r=" / ".join(f"{lo}–{hi}" for lo, hi in zip(a["min_kept_patches"],
                                                                        a["max_kept_patches"]))))
         md.append("")
-    md += ["## Recipe", "",
-           "- Dense: AdamW, batch {b}, lr {lr} with {w} warm-up epoch(s) and cosine decay, weight "
-           "decay {wd}, label smoothing {ls}, {e} epochs; augmentation random crop (zero padding 2) "
-           "and horizontal flip.".format(b=recipe["batch_size"], lr=recipe["dense"]["lr"],
-                                         w=recipe["dense"]["warmup_epochs"],
-                                         wd=recipe["dense"]["weight_decay"],
-                                         ls=recipe["dense"]["label_smoothing"],
-                                         e=recipe["dense"]["epochs"])]
+    md += ["## Recipe", ""]
+    for k, c in enumerate(lineage):
+        if c.get("missing"):
+            md.append(f"- Dense cycle {k + 1}: {c['run_dir']} (its checkpoint is not on this machine).")
+            continue
+        last = c["history"][-1]["test_top1"] if c["history"] else "n/a"
+        md.append(f"- Dense cycle {k + 1} ({c['run_dir']}): {c['epochs']} epochs, peak lr {c['lr']}, "
+                  f"cosine; test top-1 after it {last}%; {_fmt_h(c['cpu_seconds'])} CPU.")
+    if lineage and recipe["dense"]["epochs"] == 0:
+        md.append(f"- Dense, this run: no epochs; the selector stages start from {recipe['init_from']}.")
+    else:
+        md += [("- Dense, this run (cycle {n}, starting from {src}): ".format(
+                    n=len(lineage) + 1, src=recipe.get("init_from")) if lineage else "- Dense: ")
+               + "AdamW, batch {b}, lr {lr} with {w} warm-up epoch(s) and cosine decay, weight "
+               "decay {wd}, label smoothing {ls}, {e} epochs; augmentation random crop (zero padding 2) "
+               "and horizontal flip.".format(b=recipe["batch_size"], lr=recipe["dense"]["lr"],
+                                             w=recipe["dense"]["warmup_epochs"],
+                                             wd=recipe["dense"]["weight_decay"],
+                                             ls=recipe["dense"]["label_smoothing"],
+                                             e=recipe["dense"]["epochs"])]
     if mode != "none":
         s = recipe["selector"]
         md += ["- Selectors (HeatViT/SPViT, facts §1.2–1.5), inserted stage by stage: stage k trains "
@@ -250,13 +303,16 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
         md += [f"- Changed during the run: {c}." for c in recipe_changes]
     md += ["", "## Training", "",
            f"- Seed {seed}; CPU time {_fmt_h(train_s)} (dense part {_fmt_h(dense_s)}) on a shared "
-           "2-core VM.",
+           "2-core VM" + (f", after {_fmt_h(earlier_s)} of earlier dense cycles." if lineage else "."),
            "- Per-epoch log (test top-1 from the batched exact-mask evaluation; selector phases at "
            "threshold 0.5 with the selectors trained so far):", "",
            "| phase | epoch | train loss | train acc | test top-1 | test MAC reduction | epoch s |",
            "|---|---|---|---|---|---|---|"]
-    for h in history:
-        md.append(f"| {h['phase']} | {h['epoch']} | {h['train_loss']} | {h['train_acc']} | "
+    rows = [(f"dense (cycle {k + 1})", h) for k, c in enumerate(lineage) for h in c.get("history", [])]
+    rows += [(h["phase"] + (f" (cycle {len(lineage) + 1})" if lineage and h["phase"] == "dense" else ""), h)
+             for h in history]
+    for phase, h in rows:
+        md.append(f"| {phase} | {h['epoch']} | {h['train_loss']} | {h['train_acc']} | "
                   f"{h['test_top1']} | {h['test_mac_reduction_pct']}% | {h['epoch_seconds']} |")
     md += ["", "## Commands", ""] + [f"    {c}" for c in COMMANDS] + [
         "", "## Files", "",
@@ -276,6 +332,8 @@ def main():
     import evaluate  # noqa: E402
     torch.set_num_threads(1)
     ck = torch.load(os.path.join(args.run_dir, "ckpt.pt"), weights_only=False)
+    run.RECIPE.clear()
+    run.RECIPE.update(ck["recipe"])   # the run's own geometry and selector locations
     model = run.build_model()
     if args.dense:
         model.load_state_dict(torch.load(os.path.join(args.run_dir, "dense_final.pt")))

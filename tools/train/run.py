@@ -166,6 +166,9 @@ def main():
                          "dense_final.pt): a second cosine cycle of --dense-epochs at --dense-lr")
     ap.add_argument("--dense-epochs", type=int, help="override the recipe's dense epochs")
     ap.add_argument("--dense-lr", type=float, help="override the recipe's dense peak lr")
+    ap.add_argument("--dense-only", action="store_true",
+                    help="stop once the dense phase is done (dense_final.pt and export-dense/ "
+                         "written): a dense cycle whose result other runs --init-from")
     ap.add_argument("--locations", help="override the selector locations (0-based block indices, "
                     "increasing), e.g. 2,4; give --keep-targets and --stage-epochs to match")
     ap.add_argument("--keep-targets", help="override the cumulative keep targets, e.g. 0.7,0.5,0.3")
@@ -316,6 +319,9 @@ def main():
 
     while state["phase"] < len(PH):
         name, epochs, n_stages = PH[state["phase"]]
+        if args.dense_only and n_stages > 0:
+            log("--dense-only: the dense phase is done")
+            return
         extending = name.endswith("-extend")
         if n_stages > 0 and teacher is None:
             with torch.random.fork_rng():   # must not consume the training RNG (exact resume)
@@ -452,6 +458,10 @@ def main():
         log(f"phase {name} done")
         if n_stages == 0:
             teacher = None  # (re)loaded from dense_final.pt at the next phase
+            if args.dense_only:
+                model.eval()
+                post_dense(args, model_from=model, test=(test_x, test_y),
+                           recipe_changes=state.get("recipe_changes"))
 
     # ---- all phases done: exact evaluation + export
     finish(args, model, (test_x, test_y), state)
