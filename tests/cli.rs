@@ -162,7 +162,7 @@ fn default_model_is_the_trained_fashion_mnist_model_on_the_integer_backend() {
     let out = heatvit(&["tests/images/fmnist/0000-ankle-boot.png", "tests/images/fmnist/0002-trouser.png"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in ["model fmnist-heatvit", "backend cpu-int8", "tokens: block 1: 49 →", "Ankle boot", "Trouser"] {
+    for needle in ["model fmnist-heatvit", "backend cpu-int8", "tokens: block 2: 49 →", "Ankle boot", "Trouser"] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     assert!(!text.contains("UNTRAINED"), "{text}");
