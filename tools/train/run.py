@@ -320,6 +320,10 @@ def main():
     while state["phase"] < len(PH):
         name, epochs, n_stages = PH[state["phase"]]
         if args.dense_only and n_stages > 0:
+            # (a run stopped between the phase end and its export exports here)
+            model.eval()
+            post_dense(args, model_from=model, test=(test_x, test_y),
+                       recipe_changes=state.get("recipe_changes"))
             log("--dense-only: the dense phase is done")
             return
         extending = name.endswith("-extend")
@@ -458,10 +462,6 @@ def main():
         log(f"phase {name} done")
         if n_stages == 0:
             teacher = None  # (re)loaded from dense_final.pt at the next phase
-            if args.dense_only:
-                model.eval()
-                post_dense(args, model_from=model, test=(test_x, test_y),
-                           recipe_changes=state.get("recipe_changes"))
 
     # ---- all phases done: exact evaluation + export
     finish(args, model, (test_x, test_y), state)
