@@ -299,6 +299,9 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     assert_eq!(r["calibration_images"], 3);
     assert_eq!(r["skipped_images"], 1);
     assert!(dest.join(INT8_FILE).exists() && dest.join("quantization.json").exists());
+    // The quantised directory's card says what was done (the tiny model has no card: one is started).
+    let card = std::fs::read_to_string(dest.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("## Quantisation") && card.contains("3 PNG/JPEG images") && card.contains("1 unreadable file(s) skipped"), "{card}");
     let img = images()[0].clone();
     let o = heatvit(&["--model".as_ref(), dest.as_os_str(), "--json".as_ref(), img.as_os_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
