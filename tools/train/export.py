@@ -93,6 +93,12 @@ COMMANDS = [
     "# 15. (not shipped) run 12's schedule (stages 4/4) from the run-13 teacher with a calibration "
     "weight of 3 (run 12's second selector collapsed at weight 1): 88.31% at -48.7% MACs, the second "
     "selector collapsed all the same, top-k at the same keep 88.20%",
+    "# 16. (stopped in its last epoch) run 14 with --seed 1: the second selector died "
+    "(constant p = 0.518, keeps everything)",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist16 --export-dir /tmp/fmnist16-model "
+    "--seed 1 --init-from /work/runs/fmnist13/dense_final.pt --dense-epochs 0 --locations 2,4 "
+    "--keep-targets 0.45,0.1 --stage-epochs 3,3 --calib-weight 1.0 --detach-selector-input "
+    "--backbone-lr 5e-4 --backbone-warmup-steps 200",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist15 --export-dir /tmp/fmnist15-model "
     "--init-from /work/runs/fmnist13/dense_final.pt --dense-epochs 0 --locations 2,4 --keep-targets 0.45,0.1 "
     "--stage-epochs 4,4 --calib-weight 3.0 --detach-selector-input --backbone-lr 5e-4 "
