@@ -100,14 +100,16 @@ fn calibration_tensors(args: &QuantizeArgs, model: &Model) -> Result<(Vec<Vec<f3
     Ok((out, skipped))
 }
 
-/// Appends what quantisation did to the copied `MODEL_CARD.md` (or starts one), so the
-/// quantised directory documents itself. No timestamps: re-quantising gives the same file.
+/// Writes the float model's `MODEL_CARD.md` (or a new one) plus what quantisation did, so the
+/// quantised directory documents itself. It starts from the float model's card, never from
+/// the output's, so re-quantising with --force gives the same file (no timestamps either).
 fn write_card_section(args: &QuantizeArgs, r: &Report) -> Result<()> {
+    let src = args.model.join("MODEL_CARD.md");
     let path = args.out.join("MODEL_CARD.md");
-    let mut card = match std::fs::read_to_string(&path) {
+    let mut card = match std::fs::read_to_string(&src) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("# {}\n", r.model),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", src.display())),
     };
     if !card.ends_with('\n') {
         card.push('\n');
@@ -169,7 +171,7 @@ pub fn run(args: &QuantizeArgs) -> Result<u8> {
         }
         Ok(())
     };
-    for f in ["config.json", "model.safetensors", "model_card.json", "MODEL_CARD.md"] {
+    for f in ["config.json", "model.safetensors", "model_card.json"] {
         copy(f)?;
     }
     copy(&model.config.labels)?;
