@@ -41,10 +41,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if json {
-        let out: Vec<_> = rows
-            .iter()
-            .map(|(t, p)| serde_json::json!({"timing": t, "ceiling_gmacs": p}))
-            .collect();
+        let out: Vec<_> = rows.iter().map(|(t, p)| serde_json::json!({"timing": t, "ceiling_gmacs": p})).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())

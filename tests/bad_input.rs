@@ -182,7 +182,11 @@ type Breakage = (&'static str, Box<dyn Fn(&Path)>, &'static str);
 fn breakages() -> Vec<Breakage> {
     vec![
         ("missing config", Box::new(|d: &Path| std::fs::remove_file(d.join("config.json")).unwrap()), "config.json"),
-        ("config not json", Box::new(|d: &Path| std::fs::write(d.join("config.json"), "{arch: deit").unwrap()), "config.json"),
+        (
+            "config not json",
+            Box::new(|d: &Path| std::fs::write(d.join("config.json"), "{arch: deit").unwrap()),
+            "config.json",
+        ),
         (
             "unknown config key",
             Box::new(|d: &Path| edit_config(d, |v| v["embed_dims"] = 64.into())),
@@ -209,7 +213,9 @@ fn breakages() -> Vec<Breakage> {
         ),
         (
             "garbage safetensors",
-            Box::new(|d: &Path| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()),
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()
+            }),
             "not a valid safetensors file",
         ),
         (
@@ -291,11 +297,7 @@ fn cli_exits_2_on_a_broken_model_without_panicking() {
     let image = root().join("tests/images/chelsea.png");
     for (what, breakage, needle) in breakages() {
         let dir = broken_model(|d| breakage(d));
-        let out = run(&[
-            "--model".as_ref(),
-            dir.path().as_os_str(),
-            image.as_os_str(),
-        ]);
+        let out = run(&["--model".as_ref(), dir.path().as_os_str(), image.as_os_str()]);
         assert_no_panic(&out);
         assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
         let e = stderr(&out);

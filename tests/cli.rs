@@ -97,8 +97,10 @@ fn pruning_overrides_change_the_schedule() {
     let topk = &json_lines(&heatvit(&["--model", MODEL, "--json", "--pruning", "topk", "tests/images/chelsea.png"]))[0];
     let kept: Vec<u64> = topk["stages"].as_array().unwrap().iter().map(|s| s["kept"].as_u64().unwrap()).collect();
     assert_eq!(kept, vec![138, 97, 68]);
-    let low = &json_lines(&heatvit(&["--model", MODEL, "--json", "--threshold", "0.05", "tests/images/chelsea.png"]))[0];
-    let high = &json_lines(&heatvit(&["--model", MODEL, "--json", "--threshold", "0.95", "tests/images/chelsea.png"]))[0];
+    let low =
+        &json_lines(&heatvit(&["--model", MODEL, "--json", "--threshold", "0.05", "tests/images/chelsea.png"]))[0];
+    let high =
+        &json_lines(&heatvit(&["--model", MODEL, "--json", "--threshold", "0.95", "tests/images/chelsea.png"]))[0];
     assert!(low["macs"].as_u64().unwrap() > high["macs"].as_u64().unwrap());
 }
 
@@ -140,7 +142,14 @@ fn heatmap_is_written_as_a_png_of_the_input_crop() {
     assert!(changed > 224 * 224 / 4, "only {changed} pixels differ");
 
     let many = dir.path().join("map.png");
-    let out = heatvit(&["--model", MODEL, "--heatmap", many.to_str().unwrap(), "tests/images/chelsea.png", "tests/images/coffee.png"]);
+    let out = heatvit(&[
+        "--model",
+        MODEL,
+        "--heatmap",
+        many.to_str().unwrap(),
+        "tests/images/chelsea.png",
+        "tests/images/coffee.png",
+    ]);
     assert!(out.status.success());
     assert!(dir.path().join("map-chelsea.png").exists() && dir.path().join("map-coffee.png").exists());
 }
@@ -177,12 +186,26 @@ fn bench_reports_json() {
     }
     assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
     let names: Vec<&str> = v["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["embed", "blocks 0-0", "selector 0", "blocks 1-1", "selector 1", "blocks 2-2", "selector 2", "blocks 3-3", "head"]);
+    assert_eq!(
+        names,
+        [
+            "embed",
+            "blocks 0-0",
+            "selector 0",
+            "blocks 1-1",
+            "selector 1",
+            "blocks 2-2",
+            "selector 2",
+            "blocks 3-3",
+            "head"
+        ]
+    );
 }
 
 #[test]
 fn bench_block_lut_lists_decreasing_token_counts() {
-    let rows = json_lines(&heatvit(&["bench", "--model", MODEL, "--block-lut", "--runs", "1", "--warmup", "0", "--json"]));
+    let rows =
+        json_lines(&heatvit(&["bench", "--model", MODEL, "--block-lut", "--runs", "1", "--warmup", "0", "--json"]));
     assert!(rows.len() >= 10);
     assert_eq!(rows[0]["tokens"], 197);
     let macs: Vec<u64> = rows.iter().map(|r| r["macs"].as_u64().unwrap()).collect();

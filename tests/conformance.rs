@@ -76,12 +76,7 @@ fn float_forward_matches_reference_in_every_mode() {
             assert_eq!(got.kept, want.kept, "{n} stage {s} kept");
             assert_eq!(got.packages, want.packages, "{n} stage {s} packages");
             assert_eq!(got.kept_patch_indices, want.kept_patch_indices, "{n} stage {s} kept indices");
-            let pd = got
-                .keep_probs
-                .iter()
-                .zip(&case.keep_probs[s])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let pd = got.keep_probs.iter().zip(&case.keep_probs[s]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             // The fixture keeps every decision ≥ 2e-3 from the threshold (and top-k gaps
             // ≥ 2e-3), so a probability error 20× smaller can never flip a decision.
             assert!(pd <= 1e-4, "{n} stage {s}: max |keep prob diff| {pd}");

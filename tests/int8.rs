@@ -97,7 +97,10 @@ fn saving_and_loading_is_lossless() {
     for _ in 0..6 {
         let d = tempfile::tempdir().unwrap();
         q.save(d.path()).unwrap();
-        assert!(std::fs::read(d.path().join(INT8_FILE)).unwrap() == first, "saving the same model twice gave different bytes");
+        assert!(
+            std::fs::read(d.path().join(INT8_FILE)).unwrap() == first,
+            "saving the same model twice gave different bytes"
+        );
     }
     let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
@@ -151,7 +154,10 @@ fn integer_path_tracks_the_float_model() {
                 let union = a.union(&b).count().max(1);
                 eprintln!("{mode:?}: stage 0 mean |p error| {perr}, kept {common}/{union}, logit error {err} of spread {spread}");
                 assert!(perr <= 0.1, "{mode:?}: first-stage keep scores differ by {perr} on average");
-                assert!(common as f64 / union as f64 >= 0.85, "{mode:?}: first-stage kept sets differ: {common}/{union}");
+                assert!(
+                    common as f64 / union as f64 >= 0.85,
+                    "{mode:?}: first-stage kept sets differ: {common}/{union}"
+                );
             }
             for is in &i.stages {
                 // Integer keep scores are Q0.16.
@@ -225,7 +231,9 @@ fn broken_quantized_models_are_refused_with_a_named_problem() {
         ("scale out of range", Box::new(|t, _| set_scale(t, "scale.blocks.2.ctx", 1e-30)), "outside"),
         (
             "weight scale zero",
-            Box::new(|t, _| t.get_mut("blocks.0.attn.qkv.weight_scale").unwrap().2[..4].copy_from_slice(&0f32.to_le_bytes())),
+            Box::new(|t, _| {
+                t.get_mut("blocks.0.attn.qkv.weight_scale").unwrap().2[..4].copy_from_slice(&0f32.to_le_bytes())
+            }),
             "blocks.0.attn.qkv.weight_scale",
         ),
         (
@@ -249,12 +257,22 @@ fn broken_quantized_models_are_refused_with_a_named_problem() {
         ("weight -128", Box::new(|t, _| t.get_mut("head.weight").unwrap().2[5] = 0x80), "−128"),
         (
             "bias beyond 2^30",
-            Box::new(|t, _| t.get_mut("blocks.1.attn.proj.bias").unwrap().2[..4].copy_from_slice(&i32::MAX.to_le_bytes())),
+            Box::new(|t, _| {
+                t.get_mut("blocks.1.attn.proj.bias").unwrap().2[..4].copy_from_slice(&i32::MAX.to_le_bytes())
+            }),
             "blocks.1.attn.proj.bias",
         ),
-        ("wrong shape", Box::new(|t, _| t.get_mut("blocks.0.mlp.fc2.weight_scale").unwrap().1 = vec![32, 2]), "blocks.0.mlp.fc2.weight_scale"),
+        (
+            "wrong shape",
+            Box::new(|t, _| t.get_mut("blocks.0.mlp.fc2.weight_scale").unwrap().1 = vec![32, 2]),
+            "blocks.0.mlp.fc2.weight_scale",
+        ),
         ("tensor missing", Box::new(|t, _| drop(t.remove("selectors.1.gate.fc2.bias"))), "selectors.1.gate.fc2.bias"),
-        ("extra tensor", Box::new(|t, _| drop(t.insert("scale.blocks.9.q".into(), t["scale.embed"].clone()))), "unexpected"),
+        (
+            "extra tensor",
+            Box::new(|t, _| drop(t.insert("scale.blocks.9.q".into(), t["scale.embed"].clone()))),
+            "unexpected",
+        ),
         ("wrong format", Box::new(|_, m| drop(m.insert("format".into(), "onnx".into()))), "format"),
         ("future version", Box::new(|_, m| drop(m.insert("version".into(), "2".into()))), "version"),
     ];
@@ -291,7 +309,16 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     std::fs::write(calib.path().join("broken.png"), b"not a png").unwrap();
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("q");
-    let o = heatvit(&["quantize".as_ref(), "--model".as_ref(), tiny().as_os_str(), "--calib".as_ref(), calib.path().as_os_str(), "--out".as_ref(), dest.as_os_str(), "--json".as_ref()]);
+    let o = heatvit(&[
+        "quantize".as_ref(),
+        "--model".as_ref(),
+        tiny().as_os_str(),
+        "--calib".as_ref(),
+        calib.path().as_os_str(),
+        "--out".as_ref(),
+        dest.as_os_str(),
+        "--json".as_ref(),
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("broken.png"), "the unreadable image is named: {stderr}");
@@ -301,7 +328,12 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     assert!(dest.join(INT8_FILE).exists() && dest.join("quantization.json").exists());
     // The quantised directory's card says what was done (the tiny model has no card: one is started).
     let card = std::fs::read_to_string(dest.join("MODEL_CARD.md")).unwrap();
-    assert!(card.contains("## Quantisation") && card.contains("3 PNG/JPEG images") && card.contains("1 unreadable file(s) skipped"), "{card}");
+    assert!(
+        card.contains("## Quantisation")
+            && card.contains("3 PNG/JPEG images")
+            && card.contains("1 unreadable file(s) skipped"),
+        "{card}"
+    );
     let img = images()[0].clone();
     let o = heatvit(&["--model".as_ref(), dest.as_os_str(), "--json".as_ref(), img.as_os_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
@@ -309,7 +341,18 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     assert_eq!(line["backend"], "cpu-int8");
     // eval compares the two backends example by example.
     let ds = root().join("tests/fixtures/fmnist-subset");
-    let o = heatvit(&["eval".as_ref(), "--model".as_ref(), dest.as_os_str(), "--dataset".as_ref(), ds.as_os_str(), "--limit".as_ref(), "4".as_ref(), "--compare-backend".as_ref(), "cpu-f32".as_ref(), "--json".as_ref()]);
+    let o = heatvit(&[
+        "eval".as_ref(),
+        "--model".as_ref(),
+        dest.as_os_str(),
+        "--dataset".as_ref(),
+        ds.as_os_str(),
+        "--limit".as_ref(),
+        "4".as_ref(),
+        "--compare-backend".as_ref(),
+        "cpu-f32".as_ref(),
+        "--json".as_ref(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["backend"], "cpu-int8");
@@ -317,7 +360,15 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     let a = r["compare"]["top1_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&a) && r["compare"]["max_abs_logit_diff"].as_f64().unwrap() > 0.0);
     // A second run into the same, now non-empty, directory is refused without --force.
-    let o = heatvit(&["quantize".as_ref(), "--model".as_ref(), tiny().as_os_str(), "--calib".as_ref(), calib.path().as_os_str(), "--out".as_ref(), dest.as_os_str()]);
+    let o = heatvit(&[
+        "quantize".as_ref(),
+        "--model".as_ref(),
+        tiny().as_os_str(),
+        "--calib".as_ref(),
+        calib.path().as_os_str(),
+        "--out".as_ref(),
+        dest.as_os_str(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
 
@@ -326,9 +377,21 @@ fn quantize_command_writes_a_model_that_runs_and_refuses_bad_folders() {
     let junk = tempfile::tempdir().unwrap();
     std::fs::write(junk.path().join("a.jpg"), b"\xff\xd8 truncated").unwrap();
     let missing = out.path().join("does-not-exist");
-    for (dir, want) in [(empty.path(), "no PNG or JPEG"), (junk.path(), "could be read"), (missing.as_path(), "cannot read calibration folder")] {
+    for (dir, want) in [
+        (empty.path(), "no PNG or JPEG"),
+        (junk.path(), "could be read"),
+        (missing.as_path(), "cannot read calibration folder"),
+    ] {
         let dest = out.path().join("never");
-        let o = heatvit(&["quantize".as_ref(), "--model".as_ref(), tiny().as_os_str(), "--calib".as_ref(), dir.as_os_str(), "--out".as_ref(), dest.as_os_str()]);
+        let o = heatvit(&[
+            "quantize".as_ref(),
+            "--model".as_ref(),
+            tiny().as_os_str(),
+            "--calib".as_ref(),
+            dir.as_os_str(),
+            "--out".as_ref(),
+            dest.as_os_str(),
+        ]);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(want), "{stderr}");
@@ -342,7 +405,9 @@ fn top1_on_the_bundled_photos_is_reported_the_same_by_both_paths_when_margins_ar
     // Where the float model's top-1 margin is large compared with the integer error, the
     // integer path must pick the same class.
     let model = Arc::new(Model::load(quantized()).unwrap());
-    let mut fe = Engine::new(Arc::clone(&model), model.config.pruning.clone(), Box::new(CpuF32::new(Arc::clone(&model)))).unwrap();
+    let mut fe =
+        Engine::new(Arc::clone(&model), model.config.pruning.clone(), Box::new(CpuF32::new(Arc::clone(&model))))
+            .unwrap();
     let mut ie = engine(&model, PruningMode::Adaptive, 1);
     for t in tensors(&model) {
         let f = fe.run(&t).unwrap();

@@ -126,7 +126,8 @@ fn int8_model_tracks_the_float_model_on_the_subset() {
     let f = score("models/fmnist-heatvit", BackendChoice::CpuF32, PruningMode::Adaptive);
     let q = score("models/fmnist-heatvit-int8", BackendChoice::CpuInt8, PruningMode::Adaptive);
     assert!(q.top1 >= f.top1 - INT8_MAX_DROP, "int8 {} vs float {}", q.top1, f.top1);
-    let agree = f.predictions.iter().zip(&q.predictions).filter(|(a, b)| a == b).count() as f64 / f.predictions.len() as f64;
+    let agree =
+        f.predictions.iter().zip(&q.predictions).filter(|(a, b)| a == b).count() as f64 / f.predictions.len() as f64;
     eprintln!("int8 vs float top-1 agreement {agree:.3}");
     assert!(agree >= INT8_MIN_AGREEMENT, "top-1 agreement {agree}");
 }

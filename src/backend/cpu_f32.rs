@@ -35,10 +35,9 @@ impl CpuF32 {
     }
 
     fn state(&mut self, what: &str) -> Result<&mut (Tokens, Layout), BackendError> {
-        self.state.as_mut().ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: format!("{what} before begin"),
-        })
+        self.state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: format!("{what} before begin") })
     }
 }
 
@@ -59,10 +58,10 @@ impl Backend for CpuF32 {
     fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError> {
         let model = Arc::clone(&self.model);
         let obs = &mut self.observer;
-        let (tokens, _) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: "run_blocks before begin".into(),
-        })?;
+        let (tokens, _) = self
+            .state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "run_blocks before begin".into() })?;
         for b in blocks {
             self.cls_attn = vit::block(&model.config, &model.weights.blocks[b], b, tokens, obs.as_mut());
         }
@@ -76,32 +75,34 @@ impl Backend for CpuF32 {
             msg: format!("model has no selector for stage {stage}"),
         })?;
         let obs = &mut self.observer;
-        let (tokens, layout) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: "score before begin".into(),
-        })?;
+        let (tokens, layout) = self
+            .state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "score before begin".into() })?;
         Ok(vit::selector_scores(&model.config, sel, stage, tokens, layout.live, obs.as_mut()))
     }
 
     fn compact(&mut self, decision: &Decision, scores: &[f32]) -> Result<Layout, BackendError> {
         let (tokens, layout) = self.state("compact")?;
         let data = compact_f32(&tokens.data, tokens.dim, layout.live, decision, scores);
-        *layout = Layout {
-            live: decision.kept.len(),
-            packages: layout.packages + usize::from(decision.makes_package()),
-        };
+        *layout =
+            Layout { live: decision.kept.len(), packages: layout.packages + usize::from(decision.makes_package()) };
         tokens.rows = layout.rows();
         tokens.data = data;
         Ok(*layout)
     }
 
     fn cls_attention(&mut self) -> Result<Vec<f32>, BackendError> {
-        let live = self.state.as_ref().map(|(_, l)| l.live).ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: "cls_attention before begin".into(),
-        })?;
+        let live = self
+            .state
+            .as_ref()
+            .map(|(_, l)| l.live)
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "cls_attention before begin".into() })?;
         if self.cls_attn.len() < 1 + live {
-            return Err(BackendError::Protocol { backend: Self::NAME, msg: "cls_attention before any block ran".into() });
+            return Err(BackendError::Protocol {
+                backend: Self::NAME,
+                msg: "cls_attention before any block ran".into(),
+            });
         }
         Ok(self.cls_attn[1..=live].to_vec())
     }
@@ -109,10 +110,10 @@ impl Backend for CpuF32 {
     fn logits(&mut self) -> Result<Vec<f32>, BackendError> {
         let model = Arc::clone(&self.model);
         let obs = &mut self.observer;
-        let (tokens, _) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: "logits before begin".into(),
-        })?;
+        let (tokens, _) = self
+            .state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "logits before begin".into() })?;
         let logits = vit::head(&model.config, &model.weights, tokens, obs.as_mut());
         self.state = None;
         Ok(logits)

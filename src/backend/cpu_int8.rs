@@ -12,8 +12,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{Backend, BackendError, Layout};
-use crate::kernels::{attention, epilogue};
 use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
+use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
 use crate::quant::fixed::{div_round, quantize_i8, sat_i16, sat_i8};
@@ -56,11 +56,20 @@ impl CpuInt8 {
                 crate::quant::model::INT8_FILE
             ))
         })?;
-        Ok(CpuInt8 { model, q, threads: threads.max(1), state: None, last_scores: Vec::new(), scratch: Scratch::default() })
+        Ok(CpuInt8 {
+            model,
+            q,
+            threads: threads.max(1),
+            state: None,
+            last_scores: Vec::new(),
+            scratch: Scratch::default(),
+        })
     }
 
     fn state(&mut self, what: &str) -> Result<&mut (Vec<i16>, Layout), BackendError> {
-        self.state.as_mut().ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: format!("{what} before begin") })
+        self.state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: format!("{what} before begin") })
     }
 }
 
@@ -121,7 +130,13 @@ fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32
 }
 
 /// A Linear layer into Q·.16, then GELU (Q·.16), then int8 through `to_i8`.
-fn linear_gelu_i8(threads: usize, l: &QLinear, a: &[i8], m: usize, to_i8: crate::quant::Multiplier) -> Result<Vec<i8>, BackendError> {
+fn linear_gelu_i8(
+    threads: usize,
+    l: &QLinear,
+    a: &[i8],
+    m: usize,
+    to_i8: crate::quant::Multiplier,
+) -> Result<Vec<i8>, BackendError> {
     let acc = gemm(threads, &l.packed, a, m)?;
     let mut out = vec![0i8; acc.len()];
     epilogue::requant_gelu_i8(&acc, &l.bias, &l.requant, to_i8, &mut out);
@@ -137,7 +152,12 @@ fn linear_q16(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i32
 }
 
 /// Patch embedding + CLS + positions into the int16 residual stream.
-pub fn embed(q: &QuantModel, cfg: &crate::model::Config, image: &[f32], threads: usize) -> Result<Vec<i16>, BackendError> {
+pub fn embed(
+    q: &QuantModel,
+    cfg: &crate::model::Config,
+    image: &[f32],
+    threads: usize,
+) -> Result<Vec<i16>, BackendError> {
     let d = cfg.embed_dim;
     let n0 = cfg.num_patches();
     let s_img = q.scales["image"];
@@ -160,17 +180,27 @@ pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usiz
 
 /// One attention head: `ctx (rows × hd) = requant(softmax(Q_h·K_hᵀ)·V_h)`, with `Q_h`
 /// gathered and `K_h`, `V_h` packed straight from the qkv rows (row pitch 3·d).
-fn head_ctx(b: &QBlock, qkv: &[i8], rows: usize, d: usize, hd: usize, h: usize, s: &mut HeadScratch) -> Result<(), BackendError> {
+fn head_ctx(
+    b: &QBlock,
+    qkv: &[i8],
+    rows: usize,
+    d: usize,
+    hd: usize,
+    h: usize,
+    s: &mut HeadScratch,
+) -> Result<(), BackendError> {
     let qh = sized(&mut s.qh, rows * hd);
     for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
         dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
     }
-    let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
+    let kp =
+        PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
     let logits = sized(&mut s.logits, rows * rows);
     gemm_i8_packed(rows, qh, &kp, logits).map_err(gemm_err)?;
     let probs = sized(&mut s.probs, rows * rows);
     attention::softmax_rows_i8(logits, rows, b.logits, probs);
-    let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
+    let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d)
+        .map_err(gemm_err)?;
     let pv = sized(&mut s.pv, rows * hd);
     gemm_i8_packed(rows, probs, &vp, pv).map_err(gemm_err)?;
     attention::requant_uniform_i8(pv, b.pv, sized(&mut s.ctx, rows * hd));
@@ -185,7 +215,14 @@ fn scatter_head(ctx: &mut [i8], head: &[i8], d: usize, hd: usize, h: usize) {
 }
 
 /// One transformer block on `rows` tokens, in place, on reused buffers.
-pub fn block_with(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usize, s: &mut Scratch) -> Result<(), BackendError> {
+pub fn block_with(
+    b: &QBlock,
+    heads: usize,
+    x: &mut [i16],
+    rows: usize,
+    threads: usize,
+    s: &mut Scratch,
+) -> Result<(), BackendError> {
     let d = b.norm1.dim();
     let hd = d / heads;
     let y = sized(&mut s.y, rows * d);
@@ -206,7 +243,9 @@ pub fn block_with(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads:
                     sc.spawn(move || {
                         let mut hs = HeadScratch::default();
                         (h0..(h0 + chunk).min(heads))
-                            .map(|h| head_ctx(b, qkv, rows, d, hd, h, &mut hs).map(|()| (h, hs.ctx[..rows * hd].to_vec())))
+                            .map(|h| {
+                                head_ctx(b, qkv, rows, d, hd, h, &mut hs).map(|()| (h, hs.ctx[..rows * hd].to_vec()))
+                            })
                             .collect::<Result<Vec<_>, _>>()
                     })
                 })
@@ -240,7 +279,13 @@ pub fn block_with(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads:
 }
 
 /// Fused Q0.16 keep scores of the `live` patch tokens (rows `1..=live`).
-pub fn selector_scores(sel: &QSelector, x: &[i16], d: usize, live: usize, threads: usize) -> Result<Vec<u32>, BackendError> {
+pub fn selector_scores(
+    sel: &QSelector,
+    x: &[i16],
+    d: usize,
+    live: usize,
+    threads: usize,
+) -> Result<Vec<u32>, BackendError> {
     if live == 0 {
         return Ok(Vec::new());
     }
@@ -278,9 +323,7 @@ pub fn selector_scores(sel: &QSelector, x: &[i16], d: usize, live: usize, thread
     let gh = linear_gelu_i8(threads, &sel.gate_fc1, &means, live, sel.gate_hidden)?;
     let ga = linear_q16(threads, &sel.gate_fc2, &gh, live)?;
     let a: Vec<u32> = ga.iter().map(|&v| sigmoid_q16(v)).collect();
-    Ok((0..live)
-        .map(|j| fuse_heads_q16(&a[j * heads..(j + 1) * heads], &t[j * heads..(j + 1) * heads]))
-        .collect())
+    Ok((0..live).map(|j| fuse_heads_q16(&a[j * heads..(j + 1) * heads], &t[j * heads..(j + 1) * heads])).collect())
 }
 
 /// Final LayerNorm on CLS and the head, as f32 logits.
@@ -311,7 +354,10 @@ impl Backend for CpuInt8 {
 
     fn run_blocks(&mut self, blocks: Range<usize>) -> Result<(), BackendError> {
         let (q, heads, threads) = (Arc::clone(&self.q), self.model.config.num_heads, self.threads);
-        let (x, layout) = self.state.as_mut().ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "run_blocks before begin".into() })?;
+        let (x, layout) = self
+            .state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "run_blocks before begin".into() })?;
         let rows = layout.rows();
         for b in blocks {
             let blk = q.blocks.get(b).ok_or_else(|| failed(format!("model has no block {b}")))?;
@@ -333,11 +379,12 @@ impl Backend for CpuInt8 {
 
     fn compact(&mut self, decision: &Decision, _scores: &[f32]) -> Result<Layout, BackendError> {
         let d = self.model.config.embed_dim;
-        let weights: Vec<u32> = decision.pruned.iter().map(|&j| self.last_scores.get(j).copied().unwrap_or(0)).collect();
-        let (x, layout) = self.state.as_mut().ok_or_else(|| BackendError::Protocol {
-            backend: Self::NAME,
-            msg: "compact before begin".into(),
-        })?;
+        let weights: Vec<u32> =
+            decision.pruned.iter().map(|&j| self.last_scores.get(j).copied().unwrap_or(0)).collect();
+        let (x, layout) = self
+            .state
+            .as_mut()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "compact before begin".into() })?;
         if self.last_scores.len() != layout.live {
             return Err(BackendError::Protocol {
                 backend: Self::NAME,
@@ -349,7 +396,8 @@ impl Backend for CpuInt8 {
             package_i16(x, d, &decision.pruned.iter().map(|j| j + 1).collect::<Vec<_>>(), &weights, &mut pkg);
             pkg
         });
-        *layout = Layout { live: decision.kept.len(), packages: layout.packages + usize::from(decision.makes_package()) };
+        *layout =
+            Layout { live: decision.kept.len(), packages: layout.packages + usize::from(decision.makes_package()) };
         *x = data;
         Ok(*layout)
     }

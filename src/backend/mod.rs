@@ -57,15 +57,25 @@ pub trait Backend {
     /// The attention CLS paid to each live patch token in the last block run (mean over
     /// heads), for the EViT-style comparison mode. Backends that do not keep it say so.
     fn cls_attention(&mut self) -> Result<Vec<f32>, BackendError> {
-        Err(BackendError::Failed { backend: self.name(), msg: "pruning mode evit is not supported by this backend".into() })
+        Err(BackendError::Failed {
+            backend: self.name(),
+            msg: "pruning mode evit is not supported by this backend".into(),
+        })
     }
 }
 
 /// The input of [`Backend::begin`] must be the normalised 3 × S × S tensor.
-pub(crate) fn check_image(backend: &'static str, cfg: &crate::model::Config, image: &[f32]) -> Result<(), BackendError> {
+pub(crate) fn check_image(
+    backend: &'static str,
+    cfg: &crate::model::Config,
+    image: &[f32],
+) -> Result<(), BackendError> {
     let want = 3 * cfg.image_size * cfg.image_size;
     if image.len() != want {
-        return Err(BackendError::Failed { backend, msg: format!("input tensor has {} values, expected {want}", image.len()) });
+        return Err(BackendError::Failed {
+            backend,
+            msg: format!("input tensor has {} values, expected {want}", image.len()),
+        });
     }
     Ok(())
 }

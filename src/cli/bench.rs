@@ -262,7 +262,11 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
             report.spans.iter().map(|s| format!("{} {:.2}/{:.2}", s.name, s.median_ms, s.min_ms)).collect();
         out!("  per part (median/min ms): {}", parts.join(", "));
         if let Some(g) = &report.gemm {
-            out!("  int8 GEMM ({}), peak {}:", g.isa, g.peak_gmacs.map(|p| format!("{p:.1} GMAC/s")).unwrap_or_else(|| "n/a".into()));
+            out!(
+                "  int8 GEMM ({}), peak {}:",
+                g.isa,
+                g.peak_gmacs.map(|p| format!("{p:.1} GMAC/s")).unwrap_or_else(|| "n/a".into())
+            );
             for sh in &g.shapes {
                 out!(
                     "    {:<6} {}×{}×{}: median {:.1} GMAC/s, best {:.1}{}",

@@ -78,7 +78,8 @@ pub fn run(args: &EvalArgs) -> Result<u8> {
     if let Some(&bad) = data.labels.iter().find(|&&l| l as usize >= model.config.num_classes) {
         bail!("data set label {bad} is outside the model's {} classes", model.config.num_classes);
     }
-    let stages = if engine.pruning().mode == crate::model::PruningMode::None { 0 } else { engine.pruning().locations.len() };
+    let stages =
+        if engine.pruning().mode == crate::model::PruningMode::None { 0 } else { engine.pruning().locations.len() };
     let mut kept_sum = vec![0u64; stages];
     let (mut correct, mut macs, mut ms) = (0usize, 0u64, 0.0f64);
     let mut dense = 0;

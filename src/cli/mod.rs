@@ -128,7 +128,10 @@ impl ModelArgs {
             return Ok(PathBuf::from(dir));
         }
         DEFAULT_MODEL_DIRS.iter().map(PathBuf::from).find(|p| p.join("config.json").exists()).with_context(|| {
-            format!("no model given and no default model found (looked in {}); pass --model DIR", DEFAULT_MODEL_DIRS.join(", "))
+            format!(
+                "no model given and no default model found (looked in {}); pass --model DIR",
+                DEFAULT_MODEL_DIRS.join(", ")
+            )
         })
     }
 

@@ -69,7 +69,8 @@ fn calibration_tensors(args: &QuantizeArgs, model: &Model) -> Result<(Vec<Vec<f3
             .collect();
         return Ok((t, 0));
     }
-    let entries = std::fs::read_dir(&args.calib).with_context(|| format!("cannot read calibration folder {}", args.calib.display()))?;
+    let entries = std::fs::read_dir(&args.calib)
+        .with_context(|| format!("cannot read calibration folder {}", args.calib.display()))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -115,12 +116,20 @@ fn write_card_section(args: &QuantizeArgs, r: &Report) -> Result<()> {
         card.push('\n');
     }
     let source = match &args.calib_split {
-        Some(split) => format!("the first {} images of the `{split}` split of the idx data set in `{}`", r.calibration_images, args.calib.display()),
+        Some(split) => format!(
+            "the first {} images of the `{split}` split of the idx data set in `{}`",
+            r.calibration_images,
+            args.calib.display()
+        ),
         None => format!(
             "{} PNG/JPEG images of `{}` (in file-name order{})",
             r.calibration_images,
             args.calib.display(),
-            if r.skipped_images > 0 { format!("; {} unreadable file(s) skipped", r.skipped_images) } else { String::new() }
+            if r.skipped_images > 0 {
+                format!("; {} unreadable file(s) skipped", r.skipped_images)
+            } else {
+                String::new()
+            }
         ),
     };
     card.push_str(&format!(
@@ -154,7 +163,8 @@ fn prepare_out(out: &Path, src: &Path, force: bool) -> Result<()> {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<u8> {
-    let model = Arc::new(Model::load(&args.model).with_context(|| format!("cannot load model {}", args.model.display()))?);
+    let model =
+        Arc::new(Model::load(&args.model).with_context(|| format!("cannot load model {}", args.model.display()))?);
     if args.calib_count == 0 {
         bail!("--calib-count must be at least 1");
     }
@@ -178,7 +188,9 @@ pub fn run(args: &QuantizeArgs) -> Result<u8> {
     q.save(&args.out).with_context(|| format!("cannot write {}", args.out.join(INT8_FILE).display()))?;
 
     // The written directory must load as it is, and the integer path must agree.
-    let qmodel = Arc::new(Model::load(&args.out).with_context(|| format!("the written model {} does not load", args.out.display()))?);
+    let qmodel = Arc::new(
+        Model::load(&args.out).with_context(|| format!("the written model {} does not load", args.out.display()))?,
+    );
     let backend = Box::new(CpuInt8::new(Arc::clone(&qmodel), 1)?);
     let mut ie = Engine::new(Arc::clone(&qmodel), qmodel.config.pruning.clone(), backend)?;
     let (mut agree, mut max_err) = (0usize, 0.0f64);

@@ -80,7 +80,8 @@ mod tests {
             Just(1),
             Just(0),
         ];
-        (m, prop_oneof![1u32..=62, 1u32..8, 28u32..40, 58u32..=62, Just(0u32)]).prop_map(|(m, shift)| Multiplier { m, shift })
+        (m, prop_oneof![1u32..=62, 1u32..8, 28u32..40, 58u32..=62, Just(0u32)])
+            .prop_map(|(m, shift)| Multiplier { m, shift })
     }
 
     /// A realistic attention-logit multiplier (`s_q·s_k/√d_h` → Q·.16), or any.

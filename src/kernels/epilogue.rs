@@ -81,7 +81,13 @@ pub(crate) fn requant_i32_generic(acc: &[i32], bias: &[i32], requant: &[Multipli
 }
 
 #[inline(always)]
-pub(crate) fn requant_gelu_i8_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+pub(crate) fn requant_gelu_i8_generic(
+    acc: &[i32],
+    bias: &[i32],
+    requant: &[Multiplier],
+    to_i8: Multiplier,
+    out: &mut [i8],
+) {
     check(acc.len(), out.len(), requant.len(), bias.len());
     let n = requant.len();
     if n == 0 {
@@ -120,14 +126,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn mults(n: usize, seed: u64) -> Vec<Multiplier> {
-        (0..n).map(|i| Multiplier::from_ratio(1e-4 * (1.0 + ((seed as usize + i * 37) % 1000) as f64)).unwrap()).collect()
+        (0..n)
+            .map(|i| Multiplier::from_ratio(1e-4 * (1.0 + ((seed as usize + i * 37) % 1000) as f64)).unwrap())
+            .collect()
     }
 
     /// Any multiplier the struct can hold with `shift ≤ 62`: mantissas of every size and
     /// sign, shifts small, mid and large.
     fn any_multiplier() -> impl Strategy<Value = Multiplier> {
-        let m = prop_oneof![1 << 30..i32::MAX, Just(i32::MAX), Just(1 << 30), any::<i32>(), Just(i32::MIN), Just(1), Just(0)];
-        (m, prop_oneof![0u32..=62, 1u32..8, 12u32..24, 28u32..40, 58u32..=62]).prop_map(|(m, shift)| Multiplier { m, shift })
+        let m = prop_oneof![
+            1 << 30..i32::MAX,
+            Just(i32::MAX),
+            Just(1 << 30),
+            any::<i32>(),
+            Just(i32::MIN),
+            Just(1),
+            Just(0)
+        ];
+        (m, prop_oneof![0u32..=62, 1u32..8, 12u32..24, 28u32..40, 58u32..=62])
+            .prop_map(|(m, shift)| Multiplier { m, shift })
     }
 
     fn requant_multiplier() -> impl Strategy<Value = Multiplier> {
@@ -137,7 +154,14 @@ mod tests {
     /// Accumulators and biases whose sum stays in int32 (as `docs/integer-format.md`
     /// guarantees: |acc| < 2^30, |bias| ≤ 2^30), small and large.
     fn acc_value() -> impl Strategy<Value = i32> {
-        prop_oneof![-5000i32..5000, -(1i32 << 20)..(1 << 20), -(1i32 << 30)..(1 << 30), Just(-(1i32 << 30)), Just((1 << 30) - 1), Just(0)]
+        prop_oneof![
+            -5000i32..5000,
+            -(1i32 << 20)..(1 << 20),
+            -(1i32 << 30)..(1 << 30),
+            Just(-(1i32 << 30)),
+            Just((1 << 30) - 1),
+            Just(0)
+        ]
     }
 
     /// The vector i-GELU against `gelu_q16` on every Q·.16 input in ±8 (where the
@@ -169,7 +193,8 @@ mod tests {
         let to8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.05).unwrap();
         let big = Multiplier { m: i32::MAX, shift: 1 };
         let acc: Vec<i32> = [i32::MIN, i32::MAX, 0, 1, -1, 115933, -115933, 1 << 20, -(1 << 20)].repeat(3);
-        for (n, m, t) in [(9, one, to8), (9, big, to8), (3, big, big), (27, one, Multiplier { m: i32::MIN, shift: 62 })] {
+        for (n, m, t) in [(9, one, to8), (9, big, to8), (3, big, big), (27, one, Multiplier { m: i32::MIN, shift: 62 })]
+        {
             let req = vec![m; n];
             let bias = vec![0; n];
             let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);

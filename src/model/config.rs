@@ -126,18 +126,10 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            err: e,
-        })?;
-        let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        cfg.validate().map_err(|msg| ModelError::Config {
-            path: path.to_path_buf(),
-            msg,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), err: e })?;
+        let cfg: Config = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config { path: path.to_path_buf(), msg: e.to_string() })?;
+        cfg.validate().map_err(|msg| ModelError::Config { path: path.to_path_buf(), msg })?;
         Ok(cfg)
     }
 
@@ -163,16 +155,10 @@ impl Config {
             return Err("geometry is implausibly large (image_size ≤ 4096, embed_dim ≤ 8192, depth ≤ 256)".into());
         }
         if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            ));
+            return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
-            return Err(format!(
-                "embed_dim {} is not a multiple of num_heads {}",
-                self.embed_dim, self.num_heads
-            ));
+            return Err(format!("embed_dim {} is not a multiple of num_heads {}", self.embed_dim, self.num_heads));
         }
         if !(self.ln_eps.is_finite() && self.ln_eps > 0.0) {
             return Err(format!("ln_eps must be a positive number, got {}", self.ln_eps));
@@ -215,17 +201,15 @@ impl Config {
             return Err(format!("pruning.threshold must be in [0, 1], got {}", p.threshold));
         }
         if !p.keep_ratios.is_empty() && p.keep_ratios.len() != stages {
-            return Err(format!(
-                "pruning.keep_ratios has {} entries for {} locations",
-                p.keep_ratios.len(),
-                stages
-            ));
+            return Err(format!("pruning.keep_ratios has {} entries for {} locations", p.keep_ratios.len(), stages));
         }
         if matches!(p.mode, PruningMode::Topk | PruningMode::Evit) && stages > 0 && p.keep_ratios.is_empty() {
             return Err(format!("pruning.mode \"{}\" needs pruning.keep_ratios", p.mode.as_str()));
         }
         if p.mode == PruningMode::Evit && p.locations.first() == Some(&0) {
-            return Err("pruning.mode \"evit\" scores tokens by the previous block's attention: no location may be 0".into());
+            return Err(
+                "pruning.mode \"evit\" scores tokens by the previous block's attention: no location may be 0".into()
+            );
         }
         if let Some(r) = p.keep_ratios.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1.0)) {
             return Err(format!("pruning.keep_ratios must be in (0, 1], got {r}"));
@@ -239,10 +223,7 @@ impl Config {
         }
         if let (Some(lo), Some(hi)) = (&p.min_keep, &p.max_keep) {
             if let Some(s) = (0..stages).find(|&s| lo[s] > hi[s]) {
-                return Err(format!(
-                    "pruning.min_keep[{s}] = {} exceeds pruning.max_keep[{s}] = {}",
-                    lo[s], hi[s]
-                ));
+                return Err(format!("pruning.min_keep[{s}] = {} exceeds pruning.max_keep[{s}] = {}", lo[s], hi[s]));
             }
         }
         Ok(())

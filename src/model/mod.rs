@@ -158,8 +158,8 @@ impl Model {
         let labels = load_labels(&dir.join(&config.labels), config.num_classes)?;
         let card_path = dir.join("model_card.json");
         let card = if card_path.exists() {
-            let text = std::fs::read_to_string(&card_path)
-                .map_err(|e| ModelError::Io { path: card_path.clone(), err: e })?;
+            let text =
+                std::fs::read_to_string(&card_path).map_err(|e| ModelError::Io { path: card_path.clone(), err: e })?;
             serde_json::from_str(&text)
                 .map_err(|e| ModelError::Config { path: card_path.clone(), msg: e.to_string() })?
         } else {
@@ -178,9 +178,10 @@ impl Model {
 
     /// The name to show for this model.
     pub fn name(&self) -> String {
-        self.card.name.clone().unwrap_or_else(|| {
-            self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-        })
+        self.card
+            .name
+            .clone()
+            .unwrap_or_else(|| self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
     }
 
     pub fn has_selectors(&self) -> bool {
@@ -279,9 +280,7 @@ fn selector(cfg: &Config, store: &TensorStore, s: usize) -> Result<SelectorWeigh
     let g1 = format!("selectors.{s}.gate.fc1.weight");
     let hidden = match store.shape(&g1)? {
         [out, _] if *out > 0 => *out,
-        other => {
-            return Err(ModelError::Shape { name: g1, expected: vec![(h / 2).max(1), h], found: other.to_vec() })
-        }
+        other => return Err(ModelError::Shape { name: g1, expected: vec![(h / 2).max(1), h], found: other.to_vec() }),
     };
     Ok(SelectorWeights {
         heads,

@@ -77,16 +77,12 @@ impl TensorStore {
 
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.to_string() })?;
         if t.shape != shape {
-            return Err(ModelError::Shape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                found: t.shape.clone(),
-            });
+            return Err(ModelError::Shape { name: name.to_string(), expected: shape.to_vec(), found: t.shape.clone() });
         }
         self.used.borrow_mut().insert(name.to_string());
         Ok(t.data.clone())
@@ -94,10 +90,10 @@ impl TensorStore {
 
     /// The shape of `name`, when the config does not fix it (e.g. the gate's hidden width).
     pub fn shape(&self, name: &str) -> Result<&[usize], ModelError> {
-        self.tensors.get(name).map(|t| t.shape.as_slice()).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })
+        self.tensors
+            .get(name)
+            .map(|t| t.shape.as_slice())
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.to_string() })
     }
 
     /// Errors if the file holds tensors the model did not use: a different architecture
@@ -117,10 +113,9 @@ fn convert(name: &str, dtype: Dtype, raw: &[u8]) -> Result<Vec<f32>, ModelError>
     let bad = || ModelError::Dtype { name: name.to_string(), dtype: format!("{dtype:?}") };
     Ok(match dtype {
         Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F64 => raw
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32)
-            .collect(),
+        Dtype::F64 => {
+            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32).collect()
+        }
         Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         _ => return Err(bad()),

@@ -174,9 +174,13 @@ mod tests {
         let want = RgbImage::from_fn(w, h, |x, y| image::Rgb([v8(x, y); 3]));
         let p = Path::new("test.png");
         // 16-bit grey: v·257 is the exact 16-bit value of the 8-bit level v.
-        let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Luma([v8(x, y) as u16 * 257]));
+        let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+            image::Luma([v8(x, y) as u16 * 257])
+        });
         assert_eq!(decode_bytes(p, &encode_png(&g16)).unwrap(), want);
-        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(w, h, |x, y| image::Rgb([v8(x, y) as u16 * 257; 3]));
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
+            image::Rgb([v8(x, y) as u16 * 257; 3])
+        });
         assert_eq!(decode_bytes(p, &encode_png(&rgb16)).unwrap(), want);
         let rgba16 = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(w, h, |x, y| {
             let v = v8(x, y) as u16 * 257;

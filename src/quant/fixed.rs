@@ -219,7 +219,9 @@ mod tests {
     fn round_half_up_to_i8_equals_the_general_rounding() {
         let mut t = -300.0f32;
         while t <= 300.0 {
-            for v in [t, t + 0.5, t - 0.5, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().saturating_sub(1))] {
+            for v in
+                [t, t + 0.5, t - 0.5, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().saturating_sub(1))]
+            {
                 assert_eq!(round_half_up_to_i8(v), sat_i8(round_half_up(v as f64)), "{v}");
             }
             t += 0.03125 + 1.0 / 1024.0;

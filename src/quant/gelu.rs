@@ -125,7 +125,9 @@ mod tests {
     #[test]
     fn standard_i_gelu_error_over_the_whole_int32_range() {
         let (e_twin, e_exact, e_poly) = errors(Delta1::OFF);
-        eprintln!("i-GELU δ₁=1: |int − twin| ≤ {e_twin:.3e}, |int − exact| ≤ {e_exact:.3e}, |twin − exact| ≤ {e_poly:.3e}");
+        eprintln!(
+            "i-GELU δ₁=1: |int − twin| ≤ {e_twin:.3e}, |int − exact| ≤ {e_exact:.3e}, |twin − exact| ≤ {e_poly:.3e}"
+        );
         // Fixed point adds at most 2 LSB (2^-16 = 1.5e-5) to the polynomial's error.
         assert!(e_twin <= 2.0 / Q, "int vs twin {e_twin}");
         assert!(e_poly <= 0.0185, "poly vs exact {e_poly}");
@@ -135,7 +137,9 @@ mod tests {
     #[test]
     fn heatvit_delta1_error_over_the_whole_int32_range() {
         let (e_twin, e_exact, e_poly) = errors(Delta1::HEATVIT);
-        eprintln!("i-GELU δ₁=0.5: |int − twin| ≤ {e_twin:.3e}, |int − exact| ≤ {e_exact:.3e}, |twin − exact| ≤ {e_poly:.3e}");
+        eprintln!(
+            "i-GELU δ₁=0.5: |int − twin| ≤ {e_twin:.3e}, |int − exact| ≤ {e_exact:.3e}, |twin − exact| ≤ {e_poly:.3e}"
+        );
         assert!(e_twin <= 2.0 / Q, "int vs twin {e_twin}");
         assert!(e_poly <= 0.0095, "poly vs exact {e_poly}");
         assert!(e_exact <= e_poly + 2.0 / Q, "int vs exact {e_exact}");

@@ -275,18 +275,23 @@ impl QuantModel {
             return Err(file(format!("file is {len} bytes, more than the limit")));
         }
         let bytes = std::fs::read(&path).map_err(|e| file(e.to_string()))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| file(format!("not a valid safetensors file: {e}")))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| file(format!("not a valid safetensors file: {e}")))?;
         let md = meta.metadata().clone().unwrap_or_default();
         if md.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(file(format!("metadata format is {:?}, expected {FORMAT:?}", md.get("format"))));
         }
         if md.get("version").map(String::as_str) != Some(VERSION) {
-            return Err(file(format!("format version {:?} is not supported (this build reads {VERSION})", md.get("version"))));
+            return Err(file(format!(
+                "format version {:?} is not supported (this build reads {VERSION})",
+                md.get("version")
+            )));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| file(format!("not a valid safetensors file: {e}")))?;
         let mut src = FromFile { path: path.clone(), st, used: Default::default() };
         let q = Self::build(cfg, &mut src)?;
-        let unused: Vec<String> = src.st.names().into_iter().filter(|n| !src.used.contains(*n)).map(str::to_string).collect();
+        let unused: Vec<String> =
+            src.st.names().into_iter().filter(|n| !src.used.contains(*n)).map(str::to_string).collect();
         if !unused.is_empty() {
             return Err(file(format!("unexpected tensors for this config: {}", unused.join(", "))));
         }
@@ -295,7 +300,8 @@ impl QuantModel {
 
     fn build(cfg: &Config, src: &mut dyn Source) -> Result<QuantModel, QuantModelError> {
         let path = src.path().to_path_buf();
-        let qerr = |name: &str, err: QuantError| QuantModelError::Quant { path: path.clone(), name: name.to_string(), err };
+        let qerr =
+            |name: &str, err: QuantError| QuantModelError::Quant { path: path.clone(), name: name.to_string(), err };
         let mut scales = BTreeMap::new();
         for (name, _) in scale_points(cfg) {
             let s = src.scale(&name)?;
@@ -307,17 +313,33 @@ impl QuantModel {
         let hidden = cfg.mlp_hidden();
         let eps = cfg.ln_eps as f32;
         let mut float_params = BTreeMap::new();
-        let fl = |src: &mut dyn Source, fp: &mut FloatParams, name: String, shape: Vec<usize>| -> Result<Vec<f32>, QuantModelError> {
+        let fl = |src: &mut dyn Source,
+                  fp: &mut FloatParams,
+                  name: String,
+                  shape: Vec<usize>|
+         -> Result<Vec<f32>, QuantModelError> {
             let v = src.float(&name, &shape)?;
             fp.insert(name, (shape, v.clone()));
             Ok(v)
         };
-        let ln = |src: &mut dyn Source, fp: &mut FloatParams, name: &str, dim: usize, s_in: f32, s_out: f32| -> Result<LayerNormI16, QuantModelError> {
+        let ln = |src: &mut dyn Source,
+                  fp: &mut FloatParams,
+                  name: &str,
+                  dim: usize,
+                  s_in: f32,
+                  s_out: f32|
+         -> Result<LayerNormI16, QuantModelError> {
             let g = fl(src, fp, format!("{name}.weight"), vec![dim])?;
             let b = fl(src, fp, format!("{name}.bias"), vec![dim])?;
             LayerNormI16::new(&g, &b, eps, s_in, s_out).map_err(|e| qerr(name, e))
         };
-        let lin = |src: &mut dyn Source, name: &str, out_f: usize, in_f: usize, s_x: f32, out: OutScale| -> Result<QLinear, QuantModelError> {
+        let lin = |src: &mut dyn Source,
+                   name: &str,
+                   out_f: usize,
+                   in_f: usize,
+                   s_x: f32,
+                   out: OutScale|
+         -> Result<QLinear, QuantModelError> {
             let st = src.linear(name, out_f, in_f, s_x)?;
             prepare(st.weights, st.bias, s_x, out).map_err(|e| qerr(name, e))
         };
@@ -402,7 +424,12 @@ impl QuantModel {
                 vec![l.out_features()],
                 l.weights.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ));
-            tensors.push((format!("{name}.bias"), Dtype::I32, vec![l.out_features()], l.bias.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            tensors.push((
+                format!("{name}.bias"),
+                Dtype::I32,
+                vec![l.out_features()],
+                l.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
         };
         let d = self.patch.out_features();
         let p2 = self.patch.in_features() / 3;
@@ -432,7 +459,9 @@ impl QuantModel {
         }
         let views = tensors
             .iter()
-            .map(|(n, dt, shape, data)| Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data)?)))
+            .map(|(n, dt, shape, data)| {
+                Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data)?))
+            })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let meta: std::collections::HashMap<String, String> =
             [("format".to_string(), FORMAT.to_string()), ("version".to_string(), VERSION.to_string())].into();
@@ -681,14 +710,15 @@ impl Source for FromFile<'_> {
     }
 
     fn scale(&mut self, name: &str) -> Result<f32, QuantModelError> {
-        let v = self.f32s(&format!("scale.{name}"), &[1]).map_err(|e| match self.st.tensor(&format!("scale.{name}")) {
-            Ok(_) => e,
-            Err(_) => QuantModelError::Tensor {
-                path: self.path.clone(),
-                name: format!("scale.{name}"),
-                msg: "missing (every activation point needs a scale)".into(),
-            },
-        })?;
+        let v =
+            self.f32s(&format!("scale.{name}"), &[1]).map_err(|e| match self.st.tensor(&format!("scale.{name}")) {
+                Ok(_) => e,
+                Err(_) => QuantModelError::Tensor {
+                    path: self.path.clone(),
+                    name: format!("scale.{name}"),
+                    msg: "missing (every activation point needs a scale)".into(),
+                },
+            })?;
         check_activation_scale(&self.path, name, v[0])?;
         Ok(v[0])
     }

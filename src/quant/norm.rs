@@ -201,7 +201,9 @@ mod tests {
     #[test]
     fn golden_digest_is_the_same_on_every_architecture() {
         let mut h: u64 = 0xcbf29ce484222325;
-        for (seed, d, amp, s_in, s_out) in [(1u64, 192, 32767, 3e-3f32, 0.05f32), (2, 64, 4000, 1e-2, 0.03), (3, 768, 200, 0.2, 0.11)] {
+        for (seed, d, amp, s_in, s_out) in
+            [(1u64, 192, 32767, 3e-3f32, 0.05f32), (2, 64, 4000, 1e-2, 0.03), (3, 768, 200, 0.2, 0.11)]
+        {
             let x = tokens(17, d, seed, amp);
             let gamma: Vec<f32> = (0..d).map(|i| 0.3 + (i % 11) as f32 * 0.173).collect();
             let beta: Vec<f32> = (0..d).map(|i| (i % 13) as f32 * 0.071 - 0.4).collect();

@@ -30,11 +30,7 @@ pub fn fuse_heads_q16(a: &[u32], t: &[u32]) -> u32 {
     assert!(!t.is_empty(), "fuse_heads_q16: no heads");
     let num: i64 = a.iter().zip(t).map(|(&a, &t)| a as i64 * t as i64).sum();
     let den: i64 = a.iter().map(|&a| a as i64).sum();
-    let p = if den > 0 {
-        div_round(num, den)
-    } else {
-        div_round(t.iter().map(|&t| t as i64).sum(), t.len() as i64)
-    };
+    let p = if den > 0 { div_round(num, den) } else { div_round(t.iter().map(|&t| t as i64).sum(), t.len() as i64) };
     p as u32
 }
 

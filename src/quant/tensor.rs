@@ -95,16 +95,20 @@ pub struct QuantLinear {
 }
 
 impl QuantLinear {
-    pub fn new(w: &[f32], b: &[f32], out_features: usize, s_x: f32, s_y: f32, what: &str) -> Result<QuantLinear, QuantError> {
+    pub fn new(
+        w: &[f32],
+        b: &[f32],
+        out_features: usize,
+        s_x: f32,
+        s_y: f32,
+        what: &str,
+    ) -> Result<QuantLinear, QuantError> {
         check_scale(what, s_x)?;
         check_scale(what, s_y)?;
         let weights = WeightsI8::quantize(w, out_features, what)?;
         let bias = quantize_bias(b, s_x, &weights.scales)?;
-        let requant = weights
-            .scales
-            .iter()
-            .map(|&sw| Multiplier::for_gemm(s_x, sw, s_y))
-            .collect::<Result<Vec<_>, _>>()?;
+        let requant =
+            weights.scales.iter().map(|&sw| Multiplier::for_gemm(s_x, sw, s_y)).collect::<Result<Vec<_>, _>>()?;
         Ok(QuantLinear { weights, bias, s_x, s_y, requant })
     }
 

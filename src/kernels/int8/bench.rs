@@ -40,7 +40,15 @@ pub struct GemmTiming {
 
 /// Times `gemm_i8_packed` on `isa` for an `m × k × n` product with fixed pseudo-random
 /// operands: `warmup` untimed calls, then `runs` timed ones.
-pub fn time_gemm(isa: Isa, name: &str, m: usize, k: usize, n: usize, warmup: usize, runs: usize) -> Result<GemmTiming, GemmError> {
+pub fn time_gemm(
+    isa: Isa,
+    name: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<GemmTiming, GemmError> {
     let a = pseudo_random(m * k, 1, -127);
     let w = pseudo_random(n * k, 2, -127);
     let packed = PackedWeights::with_isa(isa, &w, n, k)?;
@@ -83,10 +91,9 @@ pub fn peak_gmacs(isa: Isa, iters: u64, rounds: usize) -> Option<f64> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (super::super::arch::x86_64::avx2::PEAK_MACS_PER_ITER, super::super::arch::x86_64::avx2::peak),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => (
-            super::super::arch::x86_64::avx512vnni::PEAK_MACS_PER_ITER,
-            super::super::arch::x86_64::avx512vnni::peak,
-        ),
+        Isa::Avx512Vnni => {
+            (super::super::arch::x86_64::avx512vnni::PEAK_MACS_PER_ITER, super::super::arch::x86_64::avx512vnni::peak)
+        }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => (super::super::arch::aarch64::neon::PEAK_MACS_PER_ITER, super::super::arch::aarch64::neon::peak),
         _ => return None,
@@ -106,14 +113,18 @@ pub fn peak_gmacs(isa: Isa, iters: u64, rounds: usize) -> Option<f64> {
 pub(super) fn peak_checksum(isa: Isa, iters: u64) -> Option<(i32, i32)> {
     let (per_iter, got) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => (super::super::arch::x86_64::avx2::PEAK_MACS_PER_ITER, super::super::arch::x86_64::avx2::peak(iters)),
+        Isa::Avx2 if isa.is_available() => {
+            (super::super::arch::x86_64::avx2::PEAK_MACS_PER_ITER, super::super::arch::x86_64::avx2::peak(iters))
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if isa.is_available() => (
             super::super::arch::x86_64::avx512vnni::PEAK_MACS_PER_ITER,
             super::super::arch::x86_64::avx512vnni::peak(iters),
         ),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon if isa.is_available() => (super::super::arch::aarch64::neon::PEAK_MACS_PER_ITER, super::super::arch::aarch64::neon::peak(iters)),
+        Isa::Neon if isa.is_available() => {
+            (super::super::arch::aarch64::neon::PEAK_MACS_PER_ITER, super::super::arch::aarch64::neon::peak(iters))
+        }
         _ => return None,
     };
     Some((got, (per_iter * iters) as i32))

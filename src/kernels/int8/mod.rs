@@ -171,7 +171,12 @@ impl PackedWeights {
     }
 
     /// Packs the `[n, k]` matrix whose row `j` is `row(j)` (`k` elements).
-    fn pack_rows<'a>(isa: Isa, n: usize, k: usize, row: impl Fn(usize) -> &'a [i8]) -> Result<PackedWeights, GemmError> {
+    fn pack_rows<'a>(
+        isa: Isa,
+        n: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [i8],
+    ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
         let (kg, nr) = isa.layout();
         let kq = p.kp / kg;
@@ -196,7 +201,12 @@ impl PackedWeights {
 
     /// Packs the `[n, k]` matrix whose column `t` is `col(t)` (`n` elements), i.e. the
     /// transpose of the `[k, n]` matrix with rows `col(t)`.
-    fn pack_cols<'a>(isa: Isa, n: usize, k: usize, col: impl Fn(usize) -> &'a [i8]) -> Result<PackedWeights, GemmError> {
+    fn pack_cols<'a>(
+        isa: Isa,
+        n: usize,
+        k: usize,
+        col: impl Fn(usize) -> &'a [i8],
+    ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
         let (kg, nr) = isa.layout();
         let kq = p.kp / kg;
@@ -444,7 +454,15 @@ pub fn gemm_i8(m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mut [i32]
 }
 
 /// [`gemm_i8`] on a given kernel.
-pub fn gemm_i8_with(isa: Isa, m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mut [i32]) -> Result<(), GemmError> {
+pub fn gemm_i8_with(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[i8],
+    w: &[i8],
+    out: &mut [i32],
+) -> Result<(), GemmError> {
     check_len("a", a.len(), m * k, m, k, n)?;
     check_len("out", out.len(), m * n, m, k, n)?;
     let packed = PackedWeights::with_isa(isa, w, n, k)?;

@@ -123,8 +123,14 @@ fn contract_violations_are_errors() {
         let mut out = vec![0; 2];
         let err = gemm_i8_with(isa, 1, 3, 2, &[1, 2, 3], &[1, 2, 3, 4, -128, 6], &mut out).unwrap_err();
         assert_eq!(err, GemmError::WeightRange { row: 1, col: 1 });
-        assert!(matches!(gemm_i8_with(isa, 1, 3, 2, &[1, 2], &[0; 6], &mut out), Err(GemmError::Shape { what: "a", .. })));
-        assert!(matches!(gemm_i8_with(isa, 1, 3, 2, &[0; 3], &[0; 5], &mut out), Err(GemmError::Shape { what: "w", .. })));
+        assert!(matches!(
+            gemm_i8_with(isa, 1, 3, 2, &[1, 2], &[0; 6], &mut out),
+            Err(GemmError::Shape { what: "a", .. })
+        ));
+        assert!(matches!(
+            gemm_i8_with(isa, 1, 3, 2, &[0; 3], &[0; 5], &mut out),
+            Err(GemmError::Shape { what: "w", .. })
+        ));
         let deep = MAX_K + 1;
         assert_eq!(PackedWeights::with_isa(isa, &vec![0; deep], 1, deep).unwrap_err(), GemmError::TooDeep { k: deep });
     }
@@ -155,7 +161,10 @@ fn strided_packing_is_the_same_operand() {
     for off in [0, 7, 40 + 3 * hd, 2 * 40 + 3 * hd] {
         let gathered: Vec<i8> = qkv.chunks_exact(pitch).flat_map(|r| r[off..off + hd].to_vec()).collect();
         let src = &qkv[off..];
-        assert_eq!(PackedWeights::new_strided(src, rows, hd, pitch).unwrap(), PackedWeights::new(&gathered, rows, hd).unwrap());
+        assert_eq!(
+            PackedWeights::new_strided(src, rows, hd, pitch).unwrap(),
+            PackedWeights::new(&gathered, rows, hd).unwrap()
+        );
         assert_eq!(
             PackedWeights::new_transposed_strided(src, rows, hd, pitch).unwrap(),
             PackedWeights::new_transposed(&gathered, rows, hd).unwrap()
@@ -213,7 +222,10 @@ fn emulate(isa: Isa, m: usize, a: &[i8], w: &PackedWeights) -> Vec<i32> {
                         .map(|q| {
                             // vpmaddwd: one int32 lane = two int16 products.
                             (0..2)
-                                .map(|t| ap[i * kp + 2 * q + t] as i32 * w.data[blk * kp * 16 + q * 32 + h * 16 + c * 2 + t] as i32)
+                                .map(|t| {
+                                    ap[i * kp + 2 * q + t] as i32
+                                        * w.data[blk * kp * 16 + q * 32 + h * 16 + c * 2 + t] as i32
+                                })
                                 .sum::<i32>()
                         })
                         .sum()
@@ -225,7 +237,10 @@ fn emulate(isa: Isa, m: usize, a: &[i8], w: &PackedWeights) -> Vec<i32> {
                         .map(|q| {
                             // vpdpbusd: u8 × s8, four per int32 lane.
                             (0..4)
-                                .map(|t| ap[i * kp + 4 * q + t] as i32 * w.data[blk * kp * 32 + q * 128 + h * 64 + c * 4 + t] as i32)
+                                .map(|t| {
+                                    ap[i * kp + 4 * q + t] as i32
+                                        * w.data[blk * kp * 32 + q * 128 + h * 64 + c * 4 + t] as i32
+                                })
                                 .sum::<i32>()
                         })
                         .fold(0i32, |acc, v| acc.wrapping_add(v));
@@ -233,7 +248,9 @@ fn emulate(isa: Isa, m: usize, a: &[i8], w: &PackedWeights) -> Vec<i32> {
                 }
                 Isa::Neon => {
                     let ap = pack_a_neon(a, m, k, kp);
-                    let at = |buf: &[i8], r: usize, t: usize| buf[(r / 4) * kp * 4 + (t / 16) * 64 + (r % 4) * 16 + t % 16] as i32;
+                    let at = |buf: &[i8], r: usize, t: usize| {
+                        buf[(r / 4) * kp * 4 + (t / 16) * 64 + (r % 4) * 16 + t % 16] as i32
+                    };
                     let mut acc = 0i32;
                     for q in 0..kp / 16 {
                         for lane in 0..8 {

@@ -109,7 +109,7 @@ fn peak_neon(iters: u64) -> i32 {
             // SAFETY: an empty asm block that only claims to modify the register it is
             // given: each chain's operand is then opaque, so the compiler can neither hoist
             // the products out of the loop nor merge the chains' identical ones.
-            unsafe { std::arch::asm!("/* {0:v} */", inout(vreg) *op, options(nomem, nostack, preserves_flags)) };
+            unsafe { std::arch::asm!("/* {0:v} */", inout(vreg) * op, options(nomem, nostack, preserves_flags)) };
             let p = vmull_s8(vget_low_s8(*op), vget_low_s8(*op));
             let p = vmlal_high_s8(p, *op, *op);
             *a = vpadalq_s16(*a, p);

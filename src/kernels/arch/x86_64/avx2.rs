@@ -132,7 +132,7 @@ fn peak_avx2(iters: u64) -> i32 {
             // SAFETY: an empty asm block that only claims to modify the register it is
             // given: each chain's operand is then opaque, so the compiler can neither hoist
             // `vpmaddwd` out of the loop nor merge the chains' identical products.
-            unsafe { std::arch::asm!("/* {0} */", inout(ymm_reg) *op, options(nomem, nostack, preserves_flags)) };
+            unsafe { std::arch::asm!("/* {0} */", inout(ymm_reg) * op, options(nomem, nostack, preserves_flags)) };
             *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*op, *op));
         }
     }

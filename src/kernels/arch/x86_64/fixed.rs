@@ -76,7 +76,11 @@ impl MulV {
     #[inline]
     pub(crate) fn new(m: Multiplier) -> MulV {
         assert!(m.shift <= 62, "multiplier shift {} > 62", m.shift);
-        MulV { m: _mm256_set1_epi32(m.m), half: _mm256_set1_epi64x(half(m.shift)), sh: _mm_cvtsi32_si128(m.shift as i32) }
+        MulV {
+            m: _mm256_set1_epi32(m.m),
+            half: _mm256_set1_epi64x(half(m.shift)),
+            sh: _mm_cvtsi32_si128(m.shift as i32),
+        }
     }
 
     /// `clamp(shift_round(x·m, shift), −lim, lim)` on the i64 lanes of one half (the low
