@@ -137,7 +137,8 @@ def _write(path, text_or_bytes):
 
 def dense_lineage(recipe):
     """The dense cycles this model descends from, oldest first: `init_from` names an earlier
-    run's dense_final.pt, whose run directory's ckpt.pt holds that cycle's recipe and per-epoch
+    run's dense_final.pt (or a teacher_from_model.py file with its .lineage.json), whose run
+    directory's ckpt.pt holds that cycle's recipe and per-epoch
     history (and possibly its own init_from).  Each entry: run_dir, epochs, lr, dense history,
     CPU seconds.  A missing checkpoint ends the chain with an entry saying so."""
     chain = []
@@ -146,7 +147,12 @@ def dense_lineage(recipe):
         run_dir = os.path.dirname(os.path.abspath(src))
         ckp = os.path.join(run_dir, "ckpt.pt")
         if not os.path.exists(ckp):
-            chain.append({"run_dir": run_dir, "missing": True})
+            side = src + ".lineage.json"   # written by teacher_from_model.py, oldest first
+            if os.path.exists(side):
+                with open(side) as f:
+                    chain.extend(reversed(json.load(f)))
+            else:
+                chain.append({"run_dir": run_dir, "missing": True})
             break
         ck = torch.load(ckp, weights_only=False)
         hist = [h for h in ck["history"] if h["phase"] == "dense"]
@@ -319,6 +325,9 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                "{fe} epoch(s) of each stage, then {blr} cosine to 0 after a {bw}-step warm-up.".format(
                    lr=s["lr"], wu=s["warmup_steps"], fe=s["backbone_frozen_epochs"],
                    blr=s["backbone_lr"], bw=s.get("backbone_warmup_steps", 0))]
+        if "selector_weight_decay" in s:
+            md += ["- AdamW weight decay of the selectors' weight matrices {} (the backbone's {}).".format(
+                s["selector_weight_decay"], s["weight_decay"])]
         if s.get("detach_input"):
             md += ["- The selectors score a detached copy of the tokens: the ratio and calibration "
                    "losses train the selectors only, and the backbone learns from the task losses "

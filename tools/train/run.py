@@ -96,11 +96,12 @@ def param_groups(model, phase_stages):
     sel = [(n, p) for n, p in model.named_parameters()
            if n.startswith("selectors.") and int(n.split(".")[1]) < phase_stages]
     wd = RECIPE["selector"]["weight_decay"]
+    swd = RECIPE["selector"].get("selector_weight_decay", wd)
     bd, bnd = split(bb)
     sd, snd = split(sel)
     return [{"params": bd, "weight_decay": wd, "kind": "backbone"},
             {"params": bnd, "weight_decay": 0.0, "kind": "backbone"},
-            {"params": sd, "weight_decay": wd, "kind": "selector"},
+            {"params": sd, "weight_decay": swd, "kind": "selector"},
             {"params": snd, "weight_decay": 0.0, "kind": "selector"}]
 
 
@@ -184,6 +185,9 @@ def main():
                          "run it in a copy of a finished run directory without results.json")
     ap.add_argument("--extend-lr-scale", type=float, default=0.2,
                     help="peak learning rates of the extension as a fraction of the stage's (default 0.2)")
+    ap.add_argument("--selector-weight-decay", type=float,
+                    help="AdamW weight decay of the selectors' weight matrices (default: the "
+                         "backbone's, 0.05); a remedy tried against dead selectors")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
@@ -192,6 +196,10 @@ def main():
         RECIPE["selector"]["backbone_lr"] = args.backbone_lr
     if args.detach_selector_input:
         RECIPE["selector"]["detach_input"] = True
+    if args.selector_weight_decay is not None:
+        if not args.selector_weight_decay >= 0:
+            raise SystemExit("--selector-weight-decay needs a value >= 0")
+        RECIPE["selector"]["selector_weight_decay"] = args.selector_weight_decay
     if args.backbone_warmup_steps is not None:
         RECIPE["selector"]["backbone_warmup_steps"] = args.backbone_warmup_steps
     if args.locations:
