@@ -66,23 +66,8 @@ pub(crate) fn requant_uniform_i8_generic(acc: &[i32], m: Multiplier, out: &mut [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::strategies::any_multiplier as multiplier;
     use proptest::prelude::*;
-
-    /// Any multiplier the struct can hold with `shift ∈ 1..=62` (not only those
-    /// `from_ratio` makes): mantissas of every size and sign.
-    fn multiplier() -> impl Strategy<Value = Multiplier> {
-        let m = prop_oneof![
-            1 << 30..i32::MAX,
-            Just(i32::MAX),
-            Just(1 << 30),
-            any::<i32>(),
-            Just(i32::MIN),
-            Just(1),
-            Just(0),
-        ];
-        (m, prop_oneof![1u32..=62, 1u32..8, 28u32..40, 58u32..=62, Just(0u32)])
-            .prop_map(|(m, shift)| Multiplier { m, shift })
-    }
 
     /// A realistic attention-logit multiplier (`s_q·s_k/√d_h` → Q·.16), or any.
     fn logit_multiplier() -> impl Strategy<Value = Multiplier> {

@@ -123,28 +123,13 @@ pub(crate) fn residual_generic(acc: &[i32], bias: &[i32], requant: &[Multiplier]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::strategies::any_multiplier;
     use proptest::prelude::*;
 
     fn mults(n: usize, seed: u64) -> Vec<Multiplier> {
         (0..n)
             .map(|i| Multiplier::from_ratio(1e-4 * (1.0 + ((seed as usize + i * 37) % 1000) as f64)).unwrap())
             .collect()
-    }
-
-    /// Any multiplier the struct can hold with `shift ≤ 62`: mantissas of every size and
-    /// sign, shifts small, mid and large.
-    fn any_multiplier() -> impl Strategy<Value = Multiplier> {
-        let m = prop_oneof![
-            1 << 30..i32::MAX,
-            Just(i32::MAX),
-            Just(1 << 30),
-            any::<i32>(),
-            Just(i32::MIN),
-            Just(1),
-            Just(0)
-        ];
-        (m, prop_oneof![0u32..=62, 1u32..8, 12u32..24, 28u32..40, 58u32..=62])
-            .prop_map(|(m, shift)| Multiplier { m, shift })
     }
 
     fn requant_multiplier() -> impl Strategy<Value = Multiplier> {

@@ -82,6 +82,29 @@ pub fn softmax_rows(x: &mut [f32], n: usize) {
     }
 }
 
+/// Strategies shared by the kernels' property tests.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use crate::quant::Multiplier;
+    use proptest::prelude::*;
+
+    /// Any multiplier the struct can hold with `shift ≤ 62` (not only those `from_ratio`
+    /// makes): mantissas of every size and sign, shifts small, mid and large.
+    pub fn any_multiplier() -> impl Strategy<Value = Multiplier> {
+        let m = prop_oneof![
+            1 << 30..i32::MAX,
+            Just(i32::MAX),
+            Just(1 << 30),
+            any::<i32>(),
+            Just(i32::MIN),
+            Just(1),
+            Just(0),
+        ];
+        (m, prop_oneof![0u32..=62, 1u32..8, 12u32..24, 28u32..40, 58u32..=62])
+            .prop_map(|(m, shift)| Multiplier { m, shift })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
