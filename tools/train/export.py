@@ -325,6 +325,10 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                "{fe} epoch(s) of each stage, then {blr} cosine to 0 after a {bw}-step warm-up.".format(
                    lr=s["lr"], wu=s["warmup_steps"], fe=s["backbone_frozen_epochs"],
                    blr=s["backbone_lr"], bw=s.get("backbone_warmup_steps", 0))]
+        if s.get("init", "vit") != "vit":
+            md += ["- Selector initialisation: {} (trunc-normal std sqrt(2/fan_in) for the GELU layers, "
+                   "sqrt(1/fan_in) for each head's last layer and the gate; the backbone's std 0.02 "
+                   "leaves a 16-wide selector head with a constant output at the start).".format(s["init"])]
         if "selector_weight_decay" in s:
             md += ["- AdamW weight decay of the selectors' weight matrices {} (the backbone's {}).".format(
                 s["selector_weight_decay"], s["weight_decay"])]

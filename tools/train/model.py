@@ -175,7 +175,8 @@ class Selector(nn.Module):
 
 class HeatViT(nn.Module):
     def __init__(self, image_size=28, patch_size=4, embed_dim=64, depth=6, num_heads=4,
-                 mlp_ratio=4, num_classes=10, ln_eps=1e-6, locations=(), drop_path=0.0):
+                 mlp_ratio=4, num_classes=10, ln_eps=1e-6, locations=(), drop_path=0.0,
+                 selector_init="vit"):
         super().__init__()
         self.image_size, self.patch_size = image_size, patch_size
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
@@ -192,9 +193,16 @@ class HeatViT(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         self.selectors = nn.ModuleList(
             [Selector(embed_dim, num_heads, ln_eps) for _ in self.locations])
-        self._init()
+        self._init(selector_init)
 
-    def _init(self):
+    def _init(self, selector_init="vit"):
+        """ViT init (trunc-normal std 0.02 for every Linear).  With selector_init="fan-in"
+        the selectors' Linear layers get std sqrt(2/fan_in) instead (He, for the GELUs;
+        sqrt(1/fan_in) for each head's last layer and the gate's): at std 0.02 a selector
+        head (d = 16, four layers) starts dead: its output varies by ~1e-6 across tokens,
+        so it is a constant until training happens to grow its weights."""
+        if selector_init not in ("vit", "fan-in"):
+            raise ValueError(f"selector_init must be 'vit' or 'fan-in', not {selector_init!r}")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for name, m in self.named_modules():
@@ -204,6 +212,11 @@ class HeatViT(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if selector_init == "fan-in":
+            for name, m in self.selectors.named_modules():
+                if isinstance(m, nn.Linear):
+                    gain = 1.0 if name.endswith("fc4") or ".gate." in f".{name}." else 2.0
+                    nn.init.trunc_normal_(m.weight, std=math.sqrt(gain / m.in_features))
 
     def backbone_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("selectors.")]

@@ -78,7 +78,8 @@ def phases():
 
 
 def build_model():
-    return HeatViT(locations=RECIPE["locations"], **RECIPE["geometry"])
+    return HeatViT(locations=RECIPE["locations"], selector_init=RECIPE["selector"].get("init", "vit"),
+                   **RECIPE["geometry"])
 
 
 def param_groups(model, phase_stages):
@@ -188,6 +189,9 @@ def main():
     ap.add_argument("--selector-weight-decay", type=float,
                     help="AdamW weight decay of the selectors' weight matrices (default: the "
                          "backbone's, 0.05); a remedy tried against dead selectors")
+    ap.add_argument("--selector-init", choices=["vit", "fan-in"],
+                    help="initialisation of the selectors' Linear layers: 'vit' (std 0.02, the default; "
+                         "a selector head starts with a constant output) or 'fan-in' (He)")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
@@ -196,6 +200,8 @@ def main():
         RECIPE["selector"]["backbone_lr"] = args.backbone_lr
     if args.detach_selector_input:
         RECIPE["selector"]["detach_input"] = True
+    if args.selector_init is not None:
+        RECIPE["selector"]["init"] = args.selector_init
     if args.selector_weight_decay is not None:
         if not args.selector_weight_decay >= 0:
             raise SystemExit("--selector-weight-decay needs a value >= 0")
