@@ -42,7 +42,7 @@ def main():
         raise SystemExit(f"{card_path}: no recipe.geometry")
     HeatViT(locations=[], **geo).load_state_dict(sd, strict=True)
     dense_hist = [h for h in card.get("history", []) if h.get("phase") == "dense"]
-    own = {"run_dir": f"{os.path.abspath(args.model_dir)} (the cycle its card records)",
+    own = {"run_dir": os.path.normpath(args.model_dir),  # its own cycle, from its card
            "epochs": recipe.get("dense", {}).get("epochs"), "lr": recipe.get("dense", {}).get("lr"),
            "history": dense_hist,
            "train_seconds": max([h.get("train_seconds_total", 0) for h in dense_hist] or [0])}
