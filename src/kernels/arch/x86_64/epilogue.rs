@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::fixed::{clamp_epi64, half, load_i32x8, merge, odd, pack_i8x8, sra_epi64_var, MulV};
-use crate::kernels::epilogue::{requant_i32_generic, requant_i8_generic, residual_generic};
+use crate::kernels::epilogue::{requant_gelu_i8_generic, requant_i32_generic, requant_i8_generic, residual_generic};
 use crate::quant::fixed::{sat_i32, I32_MAX, ONE_Q16};
 use crate::quant::gelu::{gelu_q16, Delta1, A_Q16, INV_SQRT2_Q16, NEG_B_Q16};
 use crate::quant::norm::LayerNormI16;
@@ -22,6 +22,50 @@ pub fn available() -> bool {
     *ON.get_or_init(|| {
         is_x86_feature_detected!("avx2") && crate::kernels::int8::selected_isa() != crate::kernels::int8::Isa::Scalar
     })
+}
+
+/// Whether the AVX-512 compilations below are used: the CPU has AVX-512 F/BW/DQ/VL and the
+/// VNNI GEMM is the selected kernel (`HEATVIT_GEMM_ISA=avx2` gives the AVX2 path whole).
+pub fn avx512_available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && crate::kernels::int8::selected_isa() == crate::kernels::int8::Isa::Avx512Vnni
+    })
+}
+
+// The generic integer code compiled with AVX-512 enabled: 64-bit lanes get native
+// variable shifts and multiplies (vpsravq, vpmullq), so the compiler vectorises the
+// requantisation and i-GELU arithmetic that AVX2 needs intrinsics for. Identical integer
+// operations: bit-exact by construction, and compared with the generic code in
+// `epilogue::tests` on CPUs that have it.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
+    ln.apply_generic(x, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
+    requant_i8_generic(acc, bias, requant, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
+    requant_i32_generic(acc, bias, requant, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+    requant_gelu_i8_generic(acc, bias, requant, to_i8, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn residual_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
+    residual_generic(acc, bias, requant, rescale, x)
 }
 
 #[target_feature(enable = "avx2")]
@@ -148,18 +192,30 @@ unsafe fn residual_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], resca
 
 pub fn requant_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
     assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
+        return unsafe { requant_i8_avx512(acc, bias, requant, out) };
+    }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
     unsafe { requant_i8_avx2(acc, bias, requant, out) }
 }
 
 pub fn requant_i32(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
     assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
+        return unsafe { requant_i32_avx512(acc, bias, requant, out) };
+    }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
     unsafe { requant_i32_avx2(acc, bias, requant, out) }
 }
 
 pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
     assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
+        return unsafe { requant_gelu_i8_avx512(acc, bias, requant, to_i8, out) };
+    }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise
     // (its loads are bounds-checked in `fixed`).
     unsafe { requant_gelu_i8_avx2(acc, bias, requant, to_i8, out) }
@@ -167,12 +223,20 @@ pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8:
 
 pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
     assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
+        return unsafe { residual_avx512(acc, bias, requant, rescale, x) };
+    }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
     unsafe { residual_avx2(acc, bias, requant, rescale, x) }
 }
 
 pub fn layer_norm(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
     assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
+        return unsafe { layer_norm_avx512(ln, x, out) };
+    }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
     unsafe { layer_norm_avx2(ln, x, out) }
 }
