@@ -115,6 +115,9 @@ mod tests {
             softmax_rows_i8(&x, n, m, &mut a);
             softmax_rows_i8_generic(&x, n, m, &mut b);
             assert_eq!(a, b, "n {n} m {m:?} x {x:?}");
+            if let Some(c) = softmax_rows_avx2(&x, n, m) {
+                assert_eq!(c, b, "AVX2: n {n} m {m:?} x {x:?}");
+            }
             requant_uniform_i8(&x, m, &mut a);
             requant_uniform_i8_generic(&x, m, &mut b);
             assert_eq!(a, b, "requant m {m:?} x {x:?}");
@@ -145,12 +148,50 @@ mod tests {
         }
     }
 
+    /// The 16-lane exponential of the AVX-512 row kernel on every input where it is not 0.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_lanes_512_equal_exp_q16_on_every_input() {
+        use crate::kernels::arch::x86_64::{attention::exp_neg_q16_x16, epilogue::avx512_available};
+        use crate::quant::softmax::{exp_q16, LN2_Q16};
+        if !avx512_available() {
+            eprintln!("skipped: the AVX-512 kernels are not selected on this CPU");
+            return;
+        }
+        let last = 32 * LN2_Q16 as u32;
+        let mut nd = 0u32;
+        while nd <= last {
+            let lanes: [u32; 16] = std::array::from_fn(|i| (nd + i as u32).min(last));
+            let got = exp_neg_q16_x16(lanes);
+            for (g, &v) in got.iter().zip(&lanes) {
+                assert_eq!(*g, exp_q16(-(v as i64)), "exp_q16(-{v})");
+            }
+            nd += 16;
+        }
+    }
+
+    /// The AVX2 row kernel, also where the dispatcher picks the AVX-512 one (so both are
+    /// checked on AVX-512 machines); `None` without AVX2.
+    fn softmax_rows_avx2(x: &[i32], n: usize, m: Multiplier) -> Option<Vec<i8>> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::arch::x86_64::epilogue::available() && n > 0 {
+            let mut p = vec![0i8; x.len()];
+            crate::kernels::arch::x86_64::attention::softmax_rows_i8_avx2_only(x, n, m, &mut p);
+            return Some(p);
+        }
+        let _ = (x, n, m);
+        None
+    }
+
     proptest! {
         #[test]
         fn dispatched_softmax_rows_equal_the_generic_code((n, x) in rows(), m in logit_multiplier()) {
             let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
             softmax_rows_i8(&x, n, m, &mut a);
             softmax_rows_i8_generic(&x, n, m, &mut b);
+            if let Some(c) = softmax_rows_avx2(&x, n, m) {
+                prop_assert_eq!(&c, &b, "AVX2 row kernel");
+            }
             prop_assert_eq!(a, b);
         }
 

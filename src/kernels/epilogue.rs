@@ -172,6 +172,39 @@ mod tests {
         }
     }
 
+    /// The AVX-512 LayerNorm's output rounding against `round_half_up_to_i8` on every
+    /// half-step in ±300 and its neighbouring floats, random bit patterns and the specials.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn rounding_lanes_512_equal_round_half_up_to_i8() {
+        use crate::kernels::arch::x86_64::epilogue::{avx512_available, round_half_up_to_i8_x16};
+        use crate::quant::fixed::round_half_up_to_i8;
+        if !avx512_available() {
+            eprintln!("skipped: the AVX-512 kernels are not selected on this CPU");
+            return;
+        }
+        let mut ts = vec![f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0, -0.0];
+        ts.extend([8388607.5f32, 8388608.0, -8388607.5, 16777217.0, 0.49999997, -0.50000006, f32::MIN_POSITIVE]);
+        for i in -600 * 8..=600 * 8 {
+            let t = i as f32 / 16.0;
+            ts.extend([t, f32::from_bits(t.to_bits() + 1), f32::from_bits(t.to_bits().saturating_sub(1))]);
+        }
+        let mut bits = 0x9e37_79b9u32;
+        for _ in 0..200_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 17;
+            bits ^= bits << 5;
+            ts.push(f32::from_bits(bits));
+        }
+        for c in ts.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..c.len()].copy_from_slice(c);
+            for (r, &t) in round_half_up_to_i8_x16(lanes).iter().zip(&lanes) {
+                assert_eq!(*r, round_half_up_to_i8(t) as i32, "round_half_up_to_i8({t:e})");
+            }
+        }
+    }
+
     #[test]
     fn gelu_epilogue_named_cases_equal_the_generic_code() {
         let one = Multiplier::from_ratio(1.0).unwrap();

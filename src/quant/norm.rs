@@ -102,6 +102,18 @@ impl LayerNormI16 {
         }
     }
 
+    /// `(g', b')`: the affine parameters folded into the output scale (for the SIMD
+    /// kernels, which compute step 3 themselves).
+    pub(crate) fn folded_affine(&self) -> (&[f32], &[f32]) {
+        (&self.g, &self.b)
+    }
+
+    /// Step 2 for a row of this LayerNorm's width whose exact `V` fits an i64 (`D < 1290`).
+    pub(crate) fn row_factor(&self, var: i64) -> f32 {
+        let d = self.dim();
+        self.factor(var as f64, (d as f64) * (d as f64) * (d as f64), self.s_in as f64, d)
+    }
+
     /// Step 2: `k = f32(s_in / (D · sqrt(V / D³ · s_in² + eps)))` from the exact `V`.
     #[inline(always)]
     fn factor(&self, var: f64, d3: f64, s_in: f64, d: usize) -> f32 {

@@ -178,25 +178,44 @@ impl PackedWeights {
         row: impl Fn(usize) -> &'a [i8],
     ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
-        let (kg, nr) = isa.layout();
-        let kq = p.kp / kg;
-        for (j, c) in p.corr.iter_mut().enumerate() {
-            let r = row(j);
-            if let Some(col) = r.iter().position(|&v| v == i8::MIN) {
+        match isa.layout().0 {
+            1 => p.fill_rows::<1>(row),
+            2 => p.fill_rows::<2>(row),
+            4 => p.fill_rows::<4>(row),
+            16 => p.fill_rows::<16>(row),
+            kg => unreachable!("k-group of {kg}"),
+        }?;
+        Ok(p)
+    }
+
+    /// [`Self::pack_rows`] for k-groups of `KG` (a constant, so that each group is one
+    /// fixed-size move rather than a `memcpy` call or a byte loop).
+    fn fill_rows<'a, const KG: usize>(&mut self, row: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        let nr = self.isa.layout().1;
+        let kq = self.kp / KG;
+        let k = self.k;
+        for j in 0..self.n {
+            let r = &row(j)[..k];
+            // A branch-free scan (it vectorises); the position only on failure.
+            if r.iter().fold(false, |bad, &v| bad | (v == i8::MIN)) {
+                let col = r.iter().position(|&v| v == i8::MIN).unwrap_or(0);
                 return Err(GemmError::WeightRange { row: j, col });
             }
-            *c = 128 * r.iter().map(|&v| v as i32).sum::<i32>();
-            // Tile (j/nr, q) holds this row's k-group q at offset j%nr·kg.
+            self.corr[j] = 128 * r.iter().map(|&v| v as i32).sum::<i32>();
+            // Tile (j/nr, q) holds this row's k-group q at offset j%nr·KG.
             let base = (j / nr) * kq * nr + j % nr;
-            for (q, grp) in r.chunks(kg).enumerate() {
-                let at = (base + q * nr) * kg;
-                // Element by element: a k-group is 1–16 bytes, too short for a memcpy call.
-                for (d, &v) in p.data[at..at + grp.len()].iter_mut().zip(grp) {
-                    *d = v;
-                }
+            let (groups, tail) = r.split_at(k / KG * KG);
+            for (q, grp) in groups.chunks_exact(KG).enumerate() {
+                let at = (base + q * nr) * KG;
+                let dst: &mut [i8; KG] = (&mut self.data[at..at + KG]).try_into().expect("KG bytes");
+                *dst = grp.try_into().expect("KG bytes");
+            }
+            if !tail.is_empty() {
+                let at = (base + (k / KG) * nr) * KG;
+                self.data[at..at + tail.len()].copy_from_slice(tail);
             }
         }
-        Ok(p)
+        Ok(())
     }
 
     /// Packs the `[n, k]` matrix whose column `t` is `col(t)` (`n` elements), i.e. the
@@ -208,29 +227,62 @@ impl PackedWeights {
         col: impl Fn(usize) -> &'a [i8],
     ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
-        let (kg, nr) = isa.layout();
-        let kq = p.kp / kg;
+        match isa.layout().0 {
+            1 => p.fill_cols::<1>(col),
+            2 => p.fill_cols::<2>(col),
+            4 => p.fill_cols::<4>(col),
+            16 => p.fill_cols::<16>(col),
+            kg => unreachable!("k-group of {kg}"),
+        }?;
+        Ok(p)
+    }
+
+    /// [`Self::pack_cols`] for k-groups of `KG`: one k-group (`KG` columns) at a time, each
+    /// tile written in order, channel by channel (`KG` bytes gathered from the group's
+    /// columns).
+    fn fill_cols<'a, const KG: usize>(&mut self, col: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        let (n, k) = (self.n, self.k);
+        let nr = self.isa.layout().1;
+        let kq = self.kp / KG;
         let mut sums = vec![0i32; n];
-        for t in 0..k {
-            let c = col(t);
-            if let Some(j) = c.iter().position(|&v| v == i8::MIN) {
-                return Err(GemmError::WeightRange { row: j, col: t });
+        for q in 0..kq {
+            let t0 = q * KG;
+            let g = (k - t0).min(KG);
+            let mut cols: [&[i8]; KG] = [&[]; KG];
+            for (tt, c) in cols[..g].iter_mut().enumerate() {
+                let v = &col(t0 + tt)[..n];
+                if v.iter().fold(false, |bad, &x| bad | (x == i8::MIN)) {
+                    let j = v.iter().position(|&x| x == i8::MIN).unwrap_or(0);
+                    return Err(GemmError::WeightRange { row: j, col: t0 + tt });
+                }
+                for (s, &x) in sums.iter_mut().zip(v) {
+                    *s += x as i32;
+                }
+                *c = v;
             }
-            for (s, &v) in sums.iter_mut().zip(c) {
-                *s += v as i32;
-            }
-            // Channels j0..j0+nr of k-group t/kg sit kg apart from this offset on.
-            for (jb, blk) in c.chunks(nr).enumerate() {
-                let start = ((jb * kq + t / kg) * nr) * kg + t % kg;
-                for (d, &v) in p.data[start..].iter_mut().step_by(kg).zip(blk) {
-                    *d = v;
+            for (jb, j0) in (0..n).step_by(nr).enumerate() {
+                let jn = (n - j0).min(nr);
+                let at = (jb * kq + q) * nr * KG;
+                let tile = &mut self.data[at..at + jn * KG];
+                if g == KG {
+                    for (jj, dst) in tile.chunks_exact_mut(KG).enumerate() {
+                        let dst: &mut [i8; KG] = dst.try_into().expect("KG bytes");
+                        *dst = std::array::from_fn(|tt| cols[tt][j0 + jj]);
+                    }
+                } else {
+                    // The last, partial k-group: the rest of each group stays 0.
+                    for (jj, dst) in tile.chunks_exact_mut(KG).enumerate() {
+                        for (d, c) in dst.iter_mut().zip(&cols[..g]) {
+                            *d = c[j0 + jj];
+                        }
+                    }
                 }
             }
         }
-        for (c, s) in p.corr.iter_mut().zip(sums) {
+        for (c, s) in self.corr.iter_mut().zip(sums) {
             *c = 128 * s;
         }
-        Ok(p)
+        Ok(())
     }
 
     /// All-zero packed storage for `isa`'s layout (padding stays 0).

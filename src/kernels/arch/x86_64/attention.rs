@@ -1,4 +1,4 @@
-//! AVX2 attention kernels of [`crate::kernels::attention`]: the fused logits → Q·.16 →
+//! AVX2 (and AVX-512) attention kernels of [`crate::kernels::attention`]: the fused logits → Q·.16 →
 //! softmax → int8 row kernel and the uniform int8 requantisation of `P·V`. Bit for bit
 //! the scalar golden code (`quant::fixed`, `quant::softmax`); why each step is exact is
 //! noted next to it, and `kernels::attention::tests` compares the two on random and
@@ -7,7 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::fixed::{hmax_epi32, hsum_epu64, lane_mask, load_i32x8, load_partial_i32x8, pack_i8x8, store_i32x8, MulV};
+use super::fixed::{
+    half, hmax_epi32, hsum_epu64, lane_mask, load_i32x8, load_partial_i32x8, pack_i8x8, store_i32x8, MulV,
+};
 use crate::quant::fixed::I32_MAX;
 use crate::quant::softmax::{EXP_A_Q16, EXP_B_Q16, EXP_C_Q16, LN2_Q16};
 use crate::quant::Multiplier;
@@ -72,6 +74,11 @@ fn exp_neg_q16_x8_avx2(nd: [u32; 8]) -> [u32; 8] {
 pub fn softmax_rows_i8(logits: &[i32], n: usize, to_q16: Multiplier, probs: &mut [i8]) {
     assert!(super::epilogue::available());
     assert!(n > 0 && logits.len() == probs.len() && logits.len().is_multiple_of(n));
+    if super::epilogue::avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (run-time detection); the masked
+        // loads and stores stay inside each row (see the function).
+        return unsafe { softmax_rows_i8_avx512(logits, n, to_q16, probs) };
+    }
     // SAFETY: the CPU supports AVX2 (asserted above with run-time detection); the
     // function is safe Rust otherwise.
     unsafe { softmax_rows_i8_avx2(logits, n, to_q16, probs) }
@@ -130,6 +137,120 @@ fn softmax_rows_i8_avx2(logits: &[i32], n: usize, to_q16: Multiplier, probs: &mu
             for (d, &b) in dst.iter_mut().zip(&bytes) {
                 *d = b as i8;
             }
+        }
+    }
+}
+
+/// [`exp_neg_q16`] on sixteen lanes: the same operations lane for lane (so exact for the
+/// same reasons; the f32 quotient is the same IEEE division).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn exp_neg_q16_512(nd: __m512i) -> __m512i {
+    let z = _mm512_cvttps_epi32(_mm512_div_ps(_mm512_cvtepi32_ps(nd), _mm512_set1_ps(LN2_Q16 as f32)));
+    let t = _mm512_add_epi32(
+        _mm512_sub_epi32(_mm512_mullo_epi32(z, _mm512_set1_epi32(LN2_Q16 as i32)), nd),
+        _mm512_set1_epi32(EXP_B_Q16 as i32),
+    );
+    let at = _mm512_mullo_epi32(t, _mm512_set1_epi32(EXP_A_Q16 as i32));
+    let round = _mm512_set1_epi64(1 << 31);
+    let sq_even = _mm512_add_epi64(_mm512_mul_epu32(at, t), round);
+    let sq_odd = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64::<32>(at), _mm512_srli_epi64::<32>(t)), round);
+    // Bits 32..64 of each sum: the even lanes' moved down, the odd lanes' kept in place.
+    let poly = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(sq_even), sq_odd);
+    let poly = _mm512_add_epi32(poly, _mm512_set1_epi32(EXP_C_Q16 as i32));
+    let half = _mm512_srli_epi32::<1>(_mm512_sllv_epi32(_mm512_set1_epi32(1), z));
+    _mm512_srlv_epi32(_mm512_add_epi32(poly, half), z)
+}
+
+/// Test access to [`exp_neg_q16_512`]: `exp_q16(−nd[i])` for `nd[i] ≤ 32·ln2`.
+#[cfg(test)]
+pub fn exp_neg_q16_x16(nd: [u32; 16]) -> [u32; 16] {
+    assert!(super::epilogue::avx512_available());
+    assert!(nd.iter().all(|&v| v as i64 <= EXP_ZERO_FROM));
+    // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (asserted above with run-time detection);
+    // the loads and stores are of 64-byte arrays.
+    unsafe {
+        let v = exp_neg_q16_512(_mm512_loadu_si512(nd.as_ptr().cast()));
+        let mut out = [0u32; 16];
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+        out
+    }
+}
+
+/// The AVX2 row kernel whatever the CPU has beyond AVX2 (for the tests that compare every
+/// variant this CPU can run with the generic code).
+#[cfg(test)]
+pub fn softmax_rows_i8_avx2_only(logits: &[i32], n: usize, to_q16: Multiplier, probs: &mut [i8]) {
+    assert!(super::epilogue::available());
+    assert!(n > 0 && logits.len() == probs.len() && logits.len().is_multiple_of(n));
+    // SAFETY: the CPU supports AVX2 (asserted above); safe Rust otherwise.
+    unsafe { softmax_rows_i8_avx2(logits, n, to_q16, probs) }
+}
+
+/// [`softmax_rows_i8_avx2`] on sixteen lanes, with AVX-512's masked loads and stores for
+/// the row's last partial vector and native 64-bit arithmetic shifts and min/max for the
+/// Q·.16 conversion.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn softmax_rows_i8_avx512(logits: &[i32], n: usize, to_q16: Multiplier, probs: &mut [i8]) {
+    assert!(to_q16.shift <= 62, "multiplier shift {} > 62", to_q16.shift);
+    let (m, rnd, sh) =
+        (_mm512_set1_epi32(to_q16.m), _mm512_set1_epi64(half(to_q16.shift)), _mm_cvtsi32_si128(to_q16.shift as i32));
+    let (hi, lo) = (_mm512_set1_epi64(I32_MAX), _mm512_set1_epi64(-I32_MAX));
+    // sat32(to_q16.apply(x)) on the i64 lanes of one half (x in the low dwords).
+    let apply = |xh: __m512i| {
+        let p = _mm512_add_epi64(_mm512_mul_epi32(xh, m), rnd);
+        _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(p, sh), lo), hi)
+    };
+    let vecs = n.div_ceil(16);
+    let rem = n - (vecs - 1) * 16;
+    // The last vector's lanes (all 16 when n is a multiple of 16).
+    let tail: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+    let mut buf = vec![0i32; vecs * 16];
+    let lim = _mm512_set1_epi32(EXP_ZERO_FROM as i32);
+    let round = _mm512_set1_epi64(1 << 31);
+    for (lr, pr) in logits.chunks_exact(n).zip(probs.chunks_exact_mut(n)) {
+        // 1. q = sat32(to_q16.apply(logit)) and the row maximum (padding lanes excluded).
+        let mut vmax = _mm512_set1_epi32(i32::MIN);
+        for (c, dst) in buf.chunks_exact_mut(16).enumerate() {
+            let k = if c + 1 == vecs { tail } else { 0xffff };
+            // SAFETY: lanes 16c..16c + 16 of the row where `k` is set are in bounds (the
+            // row holds n = 16(vecs − 1) + rem values); masked-off lanes are not read.
+            let x = unsafe { _mm512_maskz_loadu_epi32(k, lr.as_ptr().add(c * 16).cast()) };
+            let q =
+                _mm512_mask_blend_epi32(0xAAAA, apply(x), _mm512_slli_epi64::<32>(apply(_mm512_srli_epi64::<32>(x))));
+            vmax = _mm512_mask_max_epi32(vmax, k, vmax, q);
+            // SAFETY: `dst` holds 16 int32 (64 bytes).
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), q) };
+        }
+        let max = _mm512_set1_epi32(_mm512_reduce_max_epi32(vmax));
+        // 2. e = exp_q16(q − max) and Σe in u64, as in the AVX2 kernel.
+        let mut sum = _mm512_setzero_si512();
+        for (c, chunk) in buf.chunks_exact_mut(16).enumerate() {
+            let k = if c + 1 == vecs { tail } else { 0xffff };
+            // SAFETY: `chunk` holds 16 int32 (64 bytes).
+            let q = unsafe { _mm512_loadu_si512(chunk.as_ptr().cast()) };
+            let nd = _mm512_min_epu32(_mm512_sub_epi32(max, q), lim);
+            let e = _mm512_maskz_mov_epi32(k, exp_neg_q16_512(nd));
+            sum =
+                _mm512_add_epi64(sum, _mm512_add_epi64(_mm512_maskz_mov_epi32(0x5555, e), _mm512_srli_epi64::<32>(e)));
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_si512(chunk.as_mut_ptr().cast(), e) };
+        }
+        // Σe ≥ exp_q16(0) = 65554, so the factor is < 2^32 and e·factor ≤ 2^48 is exact.
+        let factor = _mm512_set1_epi64(((1u64 << 48) / _mm512_reduce_add_epi64(sum) as u64) as i64);
+        // 3. p = shift_round(e·factor, 32), then min(shift_round(p, 9), 127).
+        for (c, chunk) in buf.chunks_exact(16).enumerate() {
+            let k = if c + 1 == vecs { tail } else { 0xffff };
+            // SAFETY: `chunk` holds 16 int32 (64 bytes).
+            let e = unsafe { _mm512_loadu_si512(chunk.as_ptr().cast()) };
+            let pe = _mm512_srli_epi64::<32>(_mm512_add_epi64(_mm512_mul_epu32(e, factor), round));
+            let po = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64::<32>(e), factor), round);
+            let p = _mm512_mask_blend_epi32(0xAAAA, pe, po);
+            let q7 = _mm512_srli_epi32::<9>(_mm512_add_epi32(p, _mm512_set1_epi32(256)));
+            let bytes = _mm512_cvtepi32_epi8(_mm512_min_epi32(q7, _mm512_set1_epi32(127)));
+            // SAFETY: bytes 16c..16c + 16 of the row where `k` is set are in bounds (as for
+            // the load above); masked-off bytes are not written.
+            unsafe { _mm_mask_storeu_epi8(pr.as_mut_ptr().add(c * 16).cast(), k, bytes) };
         }
     }
 }

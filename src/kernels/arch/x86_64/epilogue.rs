@@ -45,9 +45,79 @@ pub fn avx512_available() -> bool {
 // bit-exact by construction, and compared with the generic code in `epilogue::tests` on
 // CPUs that have it. (The i-GELU epilogue has its own intrinsics below: the compiled
 // generic code was 0.8 ms per DeiT-T image slower.)
+/// `round_half_up_to_i8` on sixteen f32 lanes: `⌊t⌋ + (t − ⌊t⌋ ≥ ½)` clamped to ±127, NaN
+/// to 0. The same integer as `⌊t + ½⌋` (the f64 sum of the scalar code): `⌊t⌋` and, for
+/// `|t| < 2^23`, `t − ⌊t⌋` are exact in f32; larger finite `t` are integers (fraction 0)
+/// beyond the clamp either way; `±∞` give a NaN fraction (compares false) and clamp to ±127.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_half_up_to_i8_512(t: __m512) -> __m512i {
+    let fl = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+    let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(t, fl), _mm512_set1_ps(0.5));
+    let r = _mm512_mask_add_ps(fl, up, fl, _mm512_set1_ps(1.0));
+    let r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0)), _mm512_set1_ps(127.0));
+    _mm512_maskz_cvttps_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(t, t), r)
+}
+
+/// Test access to [`round_half_up_to_i8_512`] on sixteen values.
+#[cfg(test)]
+pub fn round_half_up_to_i8_x16(t: [f32; 16]) -> [i32; 16] {
+    assert!(avx512_available());
+    // SAFETY: the CPU supports AVX-512 F (asserted above); the loads and stores are of
+    // 64-byte arrays.
+    unsafe {
+        let r = round_half_up_to_i8_512(_mm512_loadu_ps(t.as_ptr()));
+        let mut out = [0i32; 16];
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), r);
+        out
+    }
+}
+
+/// `LayerNormI16::apply_generic` with intrinsics for rows whose width is a multiple of 16
+/// (and `< 1290`, where `V` fits an i64); other widths run the generic code compiled with
+/// AVX-512. The statistics are the same integers (Σx in i32, Σx² from exact i64 products);
+/// step 3 is the same IEEE f32 operations in the same order (no fused multiply-add).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
-    ln.apply_generic(x, out)
+    let d = ln.dim();
+    if !d.is_multiple_of(16) || d >= 1290 {
+        return ln.apply_generic(x, out);
+    }
+    assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
+    assert_eq!(x.len(), out.len(), "LayerNormI16: output size");
+    let (g, b) = ln.folded_affine();
+    let dv = _mm512_set1_epi32(d as i32);
+    for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let (mut s, mut sq) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for c in row.chunks_exact(16) {
+            // SAFETY: `c` holds 16 int16 (32 bytes); loadu has no alignment requirement.
+            let v = _mm512_cvtepi16_epi32(unsafe { _mm256_loadu_si256(c.as_ptr().cast()) });
+            s = _mm512_add_epi32(s, v);
+            let vo = _mm512_srli_epi64::<32>(v);
+            sq = _mm512_add_epi64(sq, _mm512_add_epi64(_mm512_mul_epi32(v, v), _mm512_mul_epi32(vo, vo)));
+        }
+        let sum = _mm512_reduce_add_epi32(s);
+        let var = (d * d) as i64 * _mm512_reduce_add_epi64(sq) - d as i64 * (sum as i64 * sum as i64);
+        let k = _mm512_set1_ps(ln.row_factor(var));
+        let sv = _mm512_set1_epi32(sum);
+        for (i, c) in row.chunks_exact(16).enumerate() {
+            let o = i * 16;
+            // SAFETY: `c` holds 16 int16 and `g`, `b` (d values each) 16 f32 from `o`.
+            let (v, gv, bv) = unsafe {
+                (
+                    _mm512_cvtepi16_epi32(_mm256_loadu_si256(c.as_ptr().cast())),
+                    _mm512_loadu_ps(g[o..o + 16].as_ptr()),
+                    _mm512_loadu_ps(b[o..o + 16].as_ptr()),
+                )
+            };
+            let cf = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_mullo_epi32(dv, v), sv));
+            let t = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(cf, k), gv), bv);
+            let bytes = _mm512_cvtepi32_epi8(round_half_up_to_i8_512(t));
+            let dst = &mut orow[o..o + 16];
+            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
