@@ -16,7 +16,7 @@ use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
-use crate::quant::fixed::{div_round, quantize_i8, sat_i16, sat_i8};
+use crate::quant::fixed::{div_round, sat_i16, sat_i8};
 use crate::quant::model::{QBlock, QLinear, QSelector, QuantModel};
 use crate::quant::select::{fuse_heads_q16, keep_score_q16, package_i16, score_to_f32};
 use crate::quant::sigmoid::sigmoid_q16;
@@ -161,7 +161,10 @@ pub fn embed(
     let d = cfg.embed_dim;
     let n0 = cfg.num_patches();
     let s_img = q.scales["image"];
-    let cols = crate::model::vit::im2col(cfg, image, |v| quantize_i8(v, s_img));
+    // Quantised in one pass over the contiguous image (vectorised), then gathered.
+    let mut qimg = vec![0i8; image.len()];
+    crate::kernels::epilogue::quantize_i8_slice(image, s_img, &mut qimg);
+    let cols = crate::model::vit::im2col(cfg, &qimg, |v| v);
     let acc = gemm(threads, &q.patch.packed, &cols, n0)?;
     let mut x = q.embed_rows.clone();
     for (arow, xrow) in acc.chunks_exact(d).zip(x[d..].chunks_exact_mut(d)) {
@@ -300,18 +303,23 @@ pub fn selector_scores(
         for j in 0..live {
             let src = &patches[j * d + h * hd..][..hd];
             xh[j * hd..(j + 1) * hd].copy_from_slice(src);
-            let sum: i64 = src.iter().map(|&v| v as i64).sum();
-            means[j * heads + h] = sel.gate_in.to_i8(div_round(sum, hd as i64) as i32);
+            // |Σ| ≤ hd·32767 fits i32 (embed_dim ≤ 8192, `Config::validate`).
+            let sum: i32 = src.iter().map(|&v| v as i32).sum();
+            means[j * heads + h] = sel.gate_in.to_i8(div_round(sum as i64, hd as i64) as i32);
         }
         hw.norm.apply(&xh, &mut y);
         let mut u = linear_gelu_i8(threads, &hw.fc1, &y, live, hw.u)?;
         let half = hd / 2;
-        for c in half..hd {
-            let sum: i64 = (0..live).map(|j| u[j * hd + c] as i64).sum();
-            let g = sat_i8(div_round(sum, live as i64));
-            for j in 0..live {
-                u[j * hd + c] = g;
+        // Column sums row by row (contiguous rows rather than a strided walk per column).
+        let mut col_sums = vec![0i64; hd - half];
+        for row in u.chunks_exact(hd) {
+            for (s, &v) in col_sums.iter_mut().zip(&row[half..]) {
+                *s += v as i64;
             }
+        }
+        let g: Vec<i8> = col_sums.iter().map(|&sum| sat_i8(div_round(sum, live as i64))).collect();
+        for row in u.chunks_exact_mut(hd) {
+            row[half..].copy_from_slice(&g);
         }
         let f2 = linear_gelu_i8(threads, &hw.fc2, &u, live, hw.f2)?;
         let f3 = linear_gelu_i8(threads, &hw.fc3, &f2, live, hw.f3)?;

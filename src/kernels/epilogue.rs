@@ -10,6 +10,23 @@ use crate::quant::fixed::{residual_add, sat_i32, sat_i8};
 use crate::quant::gelu::{gelu_q16, Delta1};
 use crate::quant::Multiplier;
 
+/// `out[i] = quantize_i8(x[i], scale)`: the image's (or any f32 tensor's) int8 quantisation.
+pub fn quantize_i8_slice(x: &[f32], scale: f32, out: &mut [i8]) {
+    assert_eq!(x.len(), out.len(), "quantize_i8_slice: sizes");
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::quantize_i8_slice(x, scale, out);
+    }
+    quantize_i8_slice_generic(x, scale, out)
+}
+
+pub(crate) fn quantize_i8_slice_generic(x: &[f32], scale: f32, out: &mut [i8]) {
+    assert_eq!(x.len(), out.len(), "quantize_i8_slice: sizes");
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::quant::fixed::quantize_i8(v, scale);
+    }
+}
+
 /// `out[r, o] = sat8(requant[o](acc[r, o] + bias[o]))`.
 pub fn requant_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
@@ -271,6 +288,24 @@ mod tests {
             residual(&acc, &bias, &m, r, &mut x1);
             residual_generic(&acc, &bias, &m, r, &mut x2);
             prop_assert_eq!(&x1, &x2);
+        }
+
+        // The dispatched image quantisation equals the generic code on any floats (NaN,
+        // infinities, subnormals and exact half-steps included), any length (partial
+        // vectors) and any positive scale.
+        #[test]
+        fn dispatched_quantisation_equals_the_generic_code(
+            x in prop::collection::vec(prop_oneof![
+                4 => -3.0f32..3.0,
+                2 => (-600i32..600).prop_map(|i| i as f32 * 0.5 * 0.02),
+                1 => any::<f32>(),
+            ], 0..70),
+            scale in prop_oneof![Just(0.02f32), 1e-6f32..10.0],
+        ) {
+            let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
+            quantize_i8_slice(&x, scale, &mut a);
+            quantize_i8_slice_generic(&x, scale, &mut b);
+            prop_assert_eq!(a, b);
         }
     }
 }

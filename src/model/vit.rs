@@ -62,7 +62,7 @@ fn apply_norm(n: &Norm, x: &[f32], eps: f32) -> Vec<f32> {
 
 /// The image's patches as rows (`N0 × 3P²`, in the conv weight's (c, ky, kx) order),
 /// each value passed through `map` (identity for floats, quantisation for int8).
-pub fn im2col<T: Copy + Default>(cfg: &Config, image: &[f32], map: impl Fn(f32) -> T) -> Vec<T> {
+pub fn im2col<S: Copy, T: Copy + Default>(cfg: &Config, image: &[S], map: impl Fn(S) -> T) -> Vec<T> {
     let (s, p) = (cfg.image_size, cfg.patch_size);
     let g = cfg.grid();
     let k = 3 * p * p;

@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::fixed::{clamp_epi64, half, load_i32x8, merge, odd, pack_i8x8, sra_epi64_var, MulV};
-use crate::kernels::epilogue::{requant_i32_generic, requant_i8_generic, residual_generic};
+use crate::kernels::epilogue::{quantize_i8_slice_generic, requant_i32_generic, requant_i8_generic, residual_generic};
 use crate::quant::fixed::{sat_i32, I32_MAX, ONE_Q16};
 use crate::quant::gelu::{gelu_q16, Delta1, A_Q16, INV_SQRT2_Q16, NEG_B_Q16};
 use crate::quant::norm::LayerNormI16;
@@ -71,6 +71,40 @@ pub fn round_half_up_to_i8_x16(t: [f32; 16]) -> [i32; 16] {
         _mm512_storeu_si512(out.as_mut_ptr().cast(), r);
         out
     }
+}
+
+/// `quantize_i8(x, scale)` on sixteen lanes at a time: the same IEEE f32 division, then
+/// [`round_half_up_to_i8_512`]; the last partial vector through masked loads and stores.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn quantize_i8_avx512(x: &[f32], scale: f32, out: &mut [i8]) {
+    assert_eq!(x.len(), out.len(), "quantize_i8_slice: sizes");
+    let sv = _mm512_set1_ps(scale);
+    for (src, dst) in x.chunks(16).zip(out.chunks_mut(16)) {
+        let k: __mmask16 = if src.len() == 16 { 0xffff } else { (1u16 << src.len()) - 1 };
+        // SAFETY: the lanes set in `k` are the `src.len()` floats of `src`; masked-off
+        // lanes are not read.
+        let v = unsafe { _mm512_maskz_loadu_ps(k, src.as_ptr()) };
+        let bytes = _mm512_cvtepi32_epi8(round_half_up_to_i8_512(_mm512_div_ps(v, sv)));
+        // SAFETY: the bytes set in `k` are the `dst.len()` (= `src.len()`) bytes of `dst`;
+        // masked-off bytes are not written.
+        unsafe { _mm_mask_storeu_epi8(dst.as_mut_ptr().cast(), k, bytes) };
+    }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_i8_avx2(x: &[f32], scale: f32, out: &mut [i8]) {
+    quantize_i8_slice_generic(x, scale, out)
+}
+
+pub fn quantize_i8_slice(x: &[f32], scale: f32, out: &mut [i8]) {
+    assert!(available());
+    if avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); the masked loads and
+        // stores stay inside the slices (see the function).
+        return unsafe { quantize_i8_avx512(x, scale, out) };
+    }
+    // SAFETY: the CPU supports AVX2 (checked above); safe Rust otherwise.
+    unsafe { quantize_i8_avx2(x, scale, out) }
 }
 
 /// `LayerNormI16::apply_generic` with intrinsics for rows whose width is a multiple of 16
