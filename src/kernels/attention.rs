@@ -126,47 +126,33 @@ mod tests {
         requant_uniform_i8(&[], one, &mut []);
     }
 
-    /// The vector exponential on every input where it is not 0 (and the first that is).
+    /// The vector exponentials (8 lanes for AVX2, 16 for AVX-512, each where this CPU
+    /// runs it) on every input where they are not 0 (and the first where they are).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_lanes_equal_exp_q16_on_every_input() {
-        use crate::kernels::arch::x86_64::{attention::exp_neg_q16_x8, epilogue::available};
+        use crate::kernels::arch::x86_64::attention::{exp_neg_q16_x16, exp_neg_q16_x8};
+        use crate::kernels::arch::x86_64::epilogue::{available, avx512_available};
         use crate::quant::softmax::{exp_q16, LN2_Q16};
+        let last = 32 * LN2_Q16 as u32;
+        let check = |lanes: &[u32], got: &[u32]| {
+            for (g, &v) in got.iter().zip(lanes) {
+                assert_eq!(*g, exp_q16(-(v as i64)), "{} lanes: exp_q16(-{v})", lanes.len());
+            }
+        };
         if !available() {
             eprintln!("skipped: no AVX2 on this CPU");
             return;
         }
-        let last = 32 * LN2_Q16 as u32;
-        let mut nd = 0u32;
-        while nd <= last {
-            let lanes: [u32; 8] = std::array::from_fn(|i| (nd + i as u32).min(last));
-            let got = exp_neg_q16_x8(lanes);
-            for (g, &v) in got.iter().zip(&lanes) {
-                assert_eq!(*g, exp_q16(-(v as i64)), "exp_q16(-{v})");
-            }
-            nd += 8;
-        }
-    }
-
-    /// The 16-lane exponential of the AVX-512 row kernel on every input where it is not 0.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn exp_lanes_512_equal_exp_q16_on_every_input() {
-        use crate::kernels::arch::x86_64::{attention::exp_neg_q16_x16, epilogue::avx512_available};
-        use crate::quant::softmax::{exp_q16, LN2_Q16};
-        if !avx512_available() {
-            eprintln!("skipped: the AVX-512 kernels are not selected on this CPU");
-            return;
-        }
-        let last = 32 * LN2_Q16 as u32;
-        let mut nd = 0u32;
-        while nd <= last {
+        for nd in (0..=last).step_by(16) {
             let lanes: [u32; 16] = std::array::from_fn(|i| (nd + i as u32).min(last));
-            let got = exp_neg_q16_x16(lanes);
-            for (g, &v) in got.iter().zip(&lanes) {
-                assert_eq!(*g, exp_q16(-(v as i64)), "exp_q16(-{v})");
+            for half in lanes.chunks_exact(8) {
+                let h: [u32; 8] = half.try_into().unwrap();
+                check(half, &exp_neg_q16_x8(h));
             }
-            nd += 16;
+            if avx512_available() {
+                check(&lanes, &exp_neg_q16_x16(lanes));
+            }
         }
     }
 
