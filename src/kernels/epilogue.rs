@@ -166,12 +166,12 @@ mod tests {
         ]
     }
 
-    /// The vector i-GELU against `gelu_q16` on every Q·.16 input in ±8 (where the
+    /// The vector i-GELUs (8 and 16 lanes) against `gelu_q16` on every Q·.16 input in ±8 (where the
     /// function bends), a stride through all of int32, and the ends.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn gelu_lanes_equal_gelu_q16_over_the_int32_range() {
-        use crate::kernels::arch::x86_64::epilogue::{available, gelu_q16_x8};
+        use crate::kernels::arch::x86_64::epilogue::{available, avx512_available, gelu_q16_x16_lanes, gelu_q16_x8};
         if !available() {
             eprintln!("skipped: no AVX2 on this CPU");
             return;
@@ -180,11 +180,19 @@ mod tests {
             .chain((i32::MIN + 1..=i32::MAX).step_by(4099))
             .chain([-i32::MAX, i32::MAX, -i32::MAX + 1, i32::MAX - 1, 115933, -115933, 163955, -163955])
             .collect();
-        for c in xs.chunks(8) {
-            let mut lanes = [0i32; 8];
+        for c in xs.chunks(16) {
+            let mut lanes = [0i32; 16];
             lanes[..c.len()].copy_from_slice(c);
-            for (g, &x) in gelu_q16_x8(lanes).iter().zip(&lanes) {
-                assert_eq!(*g, gelu_q16(x, Delta1::OFF), "gelu_q16({x})");
+            for half in lanes.chunks_exact(8) {
+                let h: [i32; 8] = half.try_into().unwrap();
+                for (g, &x) in gelu_q16_x8(h).iter().zip(&h) {
+                    assert_eq!(*g, gelu_q16(x, Delta1::OFF), "8 lanes: gelu_q16({x})");
+                }
+            }
+            if avx512_available() {
+                for (g, &x) in gelu_q16_x16_lanes(lanes).iter().zip(&lanes) {
+                    assert_eq!(*g, gelu_q16(x, Delta1::OFF), "16 lanes: gelu_q16({x})");
+                }
             }
         }
     }

@@ -164,32 +164,56 @@ unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], 
     requant_i32_generic(acc, bias, requant, out)
 }
 
-/// [`gelu_q16_half`] on the eight i64 lanes of a 512-bit half: the same operations lane
-/// for lane (so exact for the same reasons), with AVX-512's masks in place of `vpsignd`.
+/// `gelu_q16(q, Delta1::OFF)` on sixteen int32 lanes, returned as two halves of i64
+/// lanes (even lanes, odd lanes; the result in each lane's low dword) ready for the
+/// 64-bit narrowing. The steps are [`gelu_q16_half`]'s: the 64-bit products on halves, the
+/// 32-bit steps once on all sixteen lanes (the halves' results merged by dword: the even
+/// lanes' moved down by a shift, the odd lanes' shifted into place).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn gelu_q16_half512(x: __m512i) -> __m512i {
-    let u = _mm512_srli_epi64::<16>(_mm512_add_epi64(
-        _mm512_mul_epi32(x, _mm512_set1_epi32(INV_SQRT2_Q16 as i32)),
-        _mm512_set1_epi64(1 << 15),
-    ));
+fn gelu_q16_x16(q: __m512i) -> (__m512i, __m512i) {
+    let qo = _mm512_srli_epi64::<32>(q);
+    // u = shift_round(q·(1/√2), 16): bits 16..48 of each product (|u| < 2^31).
+    let (c, r15) = (_mm512_set1_epi32(INV_SQRT2_Q16 as i32), _mm512_set1_epi64(1 << 15));
+    let ue = _mm512_srli_epi64::<16>(_mm512_add_epi64(_mm512_mul_epi32(q, c), r15));
+    let uo = _mm512_slli_epi64::<16>(_mm512_add_epi64(_mm512_mul_epi32(qo, c), r15));
+    let u = _mm512_mask_blend_epi32(0xAAAA, ue, uo);
     let neg_b = _mm512_set1_epi32(NEG_B_Q16 as i32);
     let s = _mm512_sub_epi32(neg_b, _mm512_min_epi32(_mm512_abs_epi32(u), neg_b));
-    let p = _mm512_mul_epu32(_mm512_mullo_epi32(s, _mm512_set1_epi32(-A_Q16 as i32)), s);
-    let l = _mm512_srli_epi64::<32>(_mm512_sub_epi64(_mm512_set1_epi64(1 << 31), p));
+    let a_s = _mm512_mullo_epi32(s, _mm512_set1_epi32(-A_Q16 as i32));
+    let r31 = _mm512_set1_epi64(1 << 31);
+    let le = _mm512_srli_epi64::<32>(_mm512_sub_epi64(r31, _mm512_mul_epu32(a_s, s)));
+    let lo = _mm512_sub_epi64(r31, _mm512_mul_epu32(_mm512_srli_epi64::<32>(a_s), _mm512_srli_epi64::<32>(s)));
+    let l = _mm512_mask_blend_epi32(0xAAAA, le, lo);
     let one = _mm512_set1_epi32(ONE_Q16 as i32);
-    // (l + 1)·signum(u) on the low dwords: negated where u < 0, zero where u == 0 (what
-    // `vpsignd` does in the AVX2 form; only the low dword of each lane matters).
-    let r = _mm512_add_epi32(l, one);
     let zero = _mm512_setzero_si512();
+    let r = _mm512_add_epi32(l, one);
     let r = _mm512_mask_sub_epi32(r, _mm512_cmplt_epi32_mask(u, zero), zero, r);
-    let r = _mm512_maskz_mov_epi32(_mm512_cmpneq_epi32_mask(u, zero), r);
-    let e = _mm512_add_epi32(r, one);
-    _mm512_srli_epi64::<17>(_mm512_add_epi64(_mm512_mul_epi32(x, e), _mm512_set1_epi64(1 << 16)))
+    let e = _mm512_add_epi32(_mm512_maskz_mov_epi32(_mm512_cmpneq_epi32_mask(u, zero), r), one);
+    let r16 = _mm512_set1_epi64(1 << 16);
+    (
+        _mm512_srli_epi64::<17>(_mm512_add_epi64(_mm512_mul_epi32(q, e), r16)),
+        _mm512_srli_epi64::<17>(_mm512_add_epi64(_mm512_mul_epi32(qo, _mm512_srli_epi64::<32>(e)), r16)),
+    )
 }
 
-/// The AVX2 i-GELU epilogue on 16 channels at a time: 64-bit lanes with native variable
-/// arithmetic shifts (`vpsravq`) and 64-bit min/max.
+/// Test access to [`gelu_q16_x16`] on sixteen values.
+#[cfg(test)]
+pub fn gelu_q16_x16_lanes(x: [i32; 16]) -> [i32; 16] {
+    assert!(avx512_available());
+    // SAFETY: the CPU supports AVX-512 F (asserted above); the loads and stores are of
+    // 64-byte arrays.
+    unsafe {
+        let (e, o) = gelu_q16_x16(_mm512_loadu_si512(x.as_ptr().cast()));
+        let mut out = [0i32; 16];
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64::<32>(o)));
+        out
+    }
+}
+
+/// The i-GELU epilogue on 16 channels at a time: the requantisations on 64-bit lanes with
+/// native variable arithmetic shifts (`vpsravq`) and 64-bit min/max, the GELU by
+/// [`gelu_q16_x16`].
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
     assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
@@ -242,9 +266,10 @@ unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplie
                 let p = _mm512_add_epi64(_mm512_mul_epi32(g, to_m), to_half);
                 _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(p, to_sh), lo8), hi8)
             };
-            let ye = narrow(gelu_q16_half512(q(x, ch[0], 0)));
-            let yo = narrow(gelu_q16_half512(q(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(ch[0]), 1)));
-            let y = _mm512_mask_blend_epi32(0xAAAA, ye, _mm512_slli_epi64::<32>(yo));
+            let qe = q(x, ch[0], 0);
+            let qo = q(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(ch[0]), 1);
+            let (ge, go) = gelu_q16_x16(_mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo)));
+            let y = _mm512_mask_blend_epi32(0xAAAA, narrow(ge), _mm512_slli_epi64::<32>(narrow(go)));
             let bytes = _mm512_cvtepi32_epi8(y);
             let dst = &mut orow[o..o + 16];
             // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
