@@ -104,11 +104,13 @@ impl LayerNormI16 {
 
     /// `(g', b')`: the affine parameters folded into the output scale (for the SIMD
     /// kernels, which compute step 3 themselves).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn folded_affine(&self) -> (&[f32], &[f32]) {
         (&self.g, &self.b)
     }
 
     /// Step 2 for a row of this LayerNorm's width whose exact `V` fits an i64 (`D < 1290`).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn row_factor(&self, var: i64) -> f32 {
         let d = self.dim();
         self.factor(var as f64, (d as f64) * (d as f64) * (d as f64), self.s_in as f64, d)
