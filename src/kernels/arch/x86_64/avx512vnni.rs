@@ -43,31 +43,68 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
         while i0 < m {
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
-            let mut tile = [[0i32; NR]; MR];
+            let out = &mut out[i0 * n + j0..];
             match rows {
-                8 => kernel::<8>(a_rows, kp, wblock, &mut tile),
-                7 => kernel::<7>(a_rows, kp, wblock, &mut tile),
-                6 => kernel::<6>(a_rows, kp, wblock, &mut tile),
-                5 => kernel::<5>(a_rows, kp, wblock, &mut tile),
-                4 => kernel::<4>(a_rows, kp, wblock, &mut tile),
-                3 => kernel::<3>(a_rows, kp, wblock, &mut tile),
-                2 => kernel::<2>(a_rows, kp, wblock, &mut tile),
-                _ => kernel::<1>(a_rows, kp, wblock, &mut tile),
-            }
-            for (r, trow) in tile.iter().enumerate().take(rows) {
-                let o = (i0 + r) * n + j0;
-                for ((o, &t), &c) in out[o..o + cols].iter_mut().zip(&trow[..cols]).zip(corr) {
-                    *o = t.wrapping_sub(c);
-                }
+                8 => tile::<8>(a_rows, kp, wblock, corr, n, out),
+                7 => tile::<7>(a_rows, kp, wblock, corr, n, out),
+                6 => tile::<6>(a_rows, kp, wblock, corr, n, out),
+                5 => tile::<5>(a_rows, kp, wblock, corr, n, out),
+                4 => tile::<4>(a_rows, kp, wblock, corr, n, out),
+                3 => tile::<3>(a_rows, kp, wblock, corr, n, out),
+                2 => tile::<2>(a_rows, kp, wblock, corr, n, out),
+                _ => tile::<1>(a_rows, kp, wblock, corr, n, out),
             }
             i0 += rows;
         }
     }
 }
 
-/// One `R × 32` tile of biased sums `Σ_k (a[r][k] + 128) · w[c][k]`.
+/// One `R × cols` output tile (`cols = corr.len() ≤ 32`): rows `r` of `out` start at
+/// `r·n`. Full 32-column tiles go from the registers to `out` with the correction
+/// subtracted; narrower ones (the last column block) through a small buffer.
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8], tile: &mut [[i32; NR]; MR]) {
+#[inline]
+fn tile<const R: usize>(a: &[u8], kp: usize, w: &[i8], corr: &[i32], n: usize, out: &mut [i32]) {
+    let acc = kernel::<R>(a, kp, w);
+    let cols = corr.len();
+    if cols == NR {
+        assert!(out.len() >= (R - 1) * n + NR, "avx512vnni: output tile out of bounds");
+        // SAFETY: `corr` holds 32 i32 (two 64-byte vectors); loadu has no alignment requirement.
+        let (c0, c1) = unsafe {
+            let p = corr.as_ptr() as *const __m512i;
+            (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1)))
+        };
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: elements r·n .. r·n + 32 of `out` are in bounds (asserted above for
+            // r < R); storeu has no alignment requirement.
+            unsafe {
+                let p = out.as_mut_ptr().add(r * n) as *mut __m512i;
+                _mm512_storeu_si512(p, _mm512_sub_epi32(acc[0], c0));
+                _mm512_storeu_si512(p.add(1), _mm512_sub_epi32(acc[1], c1));
+            }
+        }
+        return;
+    }
+    let mut buf = [[0i32; NR]; R];
+    for (t, acc) in buf.iter_mut().zip(&acc) {
+        // SAFETY: each buffer row holds 32 i32 = two 64-byte vectors; storeu is unaligned.
+        unsafe {
+            let p = t.as_mut_ptr() as *mut __m512i;
+            _mm512_storeu_si512(p, acc[0]);
+            _mm512_storeu_si512(p.add(1), acc[1]);
+        }
+    }
+    for (r, trow) in buf.iter().enumerate() {
+        for ((o, &t), &c) in out[r * n..r * n + cols].iter_mut().zip(&trow[..cols]).zip(corr) {
+            *o = t.wrapping_sub(c);
+        }
+    }
+}
+
+/// One `R × 32` tile of biased sums `Σ_k (a[r][k] + 128) · w[c][k]`, in registers.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8]) -> [[__m512i; 2]; R] {
     assert!(R <= MR && a.len() >= R * kp && w.len() >= kp * NR);
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
     for q in 0..kp / 4 {
@@ -86,14 +123,7 @@ fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8], tile: &mut [[i32; NR]; 
             acc[1] = _mm512_dpbusd_epi32(acc[1], av, w1);
         }
     }
-    for (t, acc) in tile.iter_mut().zip(&acc) {
-        // SAFETY: each tile row holds 32 i32 = two 64-byte vectors; storeu is unaligned.
-        unsafe {
-            let p = t.as_mut_ptr() as *mut __m512i;
-            _mm512_storeu_si512(p, acc[0]);
-            _mm512_storeu_si512(p.add(1), acc[1]);
-        }
-    }
+    acc
 }
 
 /// MACs per iteration of [`peak`]: 12 independent `vpdpbusd` (64 MACs each).
