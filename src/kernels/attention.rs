@@ -186,6 +186,12 @@ mod tests {
             let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
             requant_uniform_i8(&x, m, &mut a);
             requant_uniform_i8_generic(&x, m, &mut b);
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::arch::x86_64::epilogue::available() {
+                let mut c = vec![0i8; x.len()];
+                crate::kernels::arch::x86_64::attention::requant_uniform_i8_avx2_only(&x, m, &mut c);
+                prop_assert_eq!(&c, &b, "AVX2 requantisation");
+            }
             prop_assert_eq!(a, b);
         }
     }

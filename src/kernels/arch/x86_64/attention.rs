@@ -187,6 +187,15 @@ pub fn softmax_rows_i8_avx2_only(logits: &[i32], n: usize, to_q16: Multiplier, p
     unsafe { softmax_rows_i8_avx2(logits, n, to_q16, probs) }
 }
 
+/// The AVX2 uniform requantisation whatever the CPU has beyond AVX2 (for the tests).
+#[cfg(test)]
+pub fn requant_uniform_i8_avx2_only(acc: &[i32], m: Multiplier, out: &mut [i8]) {
+    assert!(super::epilogue::available());
+    assert_eq!(acc.len(), out.len());
+    // SAFETY: the CPU supports AVX2 (asserted above); safe Rust otherwise.
+    unsafe { requant_uniform_i8_avx2(acc, m, out) }
+}
+
 /// [`softmax_rows_i8_avx2`] on sixteen lanes, with AVX-512's masked loads and stores for
 /// the row's last partial vector and native 64-bit arithmetic shifts and min/max for the
 /// Q·.16 conversion.
@@ -259,9 +268,38 @@ unsafe fn softmax_rows_i8_avx512(logits: &[i32], n: usize, to_q16: Multiplier, p
 pub fn requant_uniform_i8(acc: &[i32], m: Multiplier, out: &mut [i8]) {
     assert!(super::epilogue::available());
     assert_eq!(acc.len(), out.len());
+    if super::epilogue::avx512_available() {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (run-time detection); the masked
+        // loads and stores stay inside the slices (see the function).
+        return unsafe { requant_uniform_i8_avx512(acc, m, out) };
+    }
     // SAFETY: the CPU supports AVX2 (asserted above with run-time detection); the
     // function is safe Rust otherwise.
     unsafe { requant_uniform_i8_avx2(acc, m, out) }
+}
+
+/// [`requant_uniform_i8_avx2`] on sixteen lanes: `clamp(shift_round(x·m, shift), ±127)` on
+/// the i64 lanes of each half with native 64-bit shifts and min/max, the last partial
+/// vector through masked loads and stores.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn requant_uniform_i8_avx512(acc: &[i32], m: Multiplier, out: &mut [i8]) {
+    assert!(m.shift <= 62, "multiplier shift {} > 62", m.shift);
+    let (mv, rnd, sh) = (_mm512_set1_epi32(m.m), _mm512_set1_epi64(half(m.shift)), _mm_cvtsi32_si128(m.shift as i32));
+    let (hi, lo) = (_mm512_set1_epi64(127), _mm512_set1_epi64(-127));
+    let apply = |xh: __m512i| {
+        let p = _mm512_add_epi64(_mm512_mul_epi32(xh, mv), rnd);
+        _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(p, sh), lo), hi)
+    };
+    for (src, dst) in acc.chunks(16).zip(out.chunks_mut(16)) {
+        let k: __mmask16 = if src.len() == 16 { 0xffff } else { (1u16 << src.len()) - 1 };
+        // SAFETY: the lanes set in `k` are the `src.len()` values of `src`; masked-off
+        // lanes are not read.
+        let x = unsafe { _mm512_maskz_loadu_epi32(k, src.as_ptr().cast()) };
+        let y = _mm512_mask_blend_epi32(0xAAAA, apply(x), _mm512_slli_epi64::<32>(apply(_mm512_srli_epi64::<32>(x))));
+        // SAFETY: the bytes set in `k` are the `dst.len()` (= `src.len()`) bytes of `dst`;
+        // masked-off bytes are not written.
+        unsafe { _mm_mask_storeu_epi8(dst.as_mut_ptr().cast(), k, _mm512_cvtepi32_epi8(y)) };
+    }
 }
 
 #[target_feature(enable = "avx2")]
