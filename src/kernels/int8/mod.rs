@@ -381,43 +381,49 @@ fn pack_a_avx2(a: &[i8], m: usize, k: usize, kp: usize, ap: &mut Vec<i16>) {
 }
 
 thread_local! {
-    /// The packed-A buffer of this thread's AVX2 GEMMs, reused from call to call (the
-    /// activations are re-packed for every product; allocating and zeroing a fresh buffer
-    /// each time cost more than the packing itself).
+    /// The packed-A buffers of this thread's AVX2 and VNNI GEMMs, reused from call to call
+    /// (the activations are re-packed for every product; allocating and filling a fresh
+    /// buffer each time cost more than the packing itself).
     static PACKED_A16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACKED_AU8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on `a` packed for the AVX2 kernel, in this thread's reused buffer.
+/// Runs `f` on the buffer `pack` fills, which is this thread's `buf` when it is free.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn with_packed_a_avx2<R>(a: &[i8], m: usize, k: usize, kp: usize, f: impl FnOnce(&[i16]) -> R) -> R {
-    PACKED_A16.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            pack_a_avx2(a, m, k, kp, &mut buf);
-            f(&buf)
+fn with_reused_buffer<T, R>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    pack: impl FnOnce(&mut Vec<T>),
+    f: impl FnOnce(&[T]) -> R,
+) -> R {
+    buf.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => {
+            pack(&mut b);
+            f(&b)
         }
         // Re-entered (not done today): a buffer of its own.
         Err(_) => {
-            let mut buf = Vec::new();
-            pack_a_avx2(a, m, k, kp, &mut buf);
-            f(&buf)
+            let mut b = Vec::new();
+            pack(&mut b);
+            f(&b)
         }
     })
 }
 
-/// A for the VNNI kernel: `[m][kp]` u8 = `a + 128` (`a ^ 0x80`); the padding is 128
-/// (= 0 after the offset) and meets zero weights either way.
+/// A for the VNNI kernel: `[m][kp]` u8 = `a + 128` (`a ^ 0x80`), into `ap` (old contents
+/// discarded, allocation reused); the padding is 128 (= 0 after the offset) and meets zero
+/// weights either way.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack_a_vnni(a: &[i8], m: usize, k: usize, kp: usize) -> Vec<u8> {
-    let mut ap = vec![128u8; m * kp];
+fn pack_a_vnni(a: &[i8], m: usize, k: usize, kp: usize, ap: &mut Vec<u8>) {
+    ap.clear();
+    ap.resize(m * kp, 128);
     if k == 0 {
-        return ap;
+        return;
     }
     for (dst, src) in ap.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = (s as u8) ^ 0x80;
         }
     }
-    ap
 }
 
 /// A for the NEON kernel: rows padded to a multiple of 4 with zeros, in the NEON order.
@@ -485,11 +491,17 @@ pub fn gemm_i8_packed(m: usize, a: &[i8], w: &PackedWeights, out: &mut [i32]) ->
     match w.isa {
         Isa::Scalar => gemm_i8_scalar(m, k, n, a, &w.data, out)?,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => with_packed_a_avx2(a, m, k, kp, |ap| super::arch::x86_64::avx2::gemm(m, n, kp, ap, &w.data, out)),
+        Isa::Avx2 => with_reused_buffer(
+            &PACKED_A16,
+            |ap| pack_a_avx2(a, m, k, kp, ap),
+            |ap| super::arch::x86_64::avx2::gemm(m, n, kp, ap, &w.data, out),
+        ),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            super::arch::x86_64::avx512vnni::gemm(m, n, kp, &pack_a_vnni(a, m, k, kp), &w.data, &w.corr, out)
-        }
+        Isa::Avx512Vnni => with_reused_buffer(
+            &PACKED_AU8,
+            |ap| pack_a_vnni(a, m, k, kp, ap),
+            |ap| super::arch::x86_64::avx512vnni::gemm(m, n, kp, ap, &w.data, &w.corr, out),
+        ),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => super::arch::aarch64::neon::gemm(m, n, kp, &pack_a_neon(a, m, k, kp), &w.data, out),
         #[allow(unreachable_patterns)]

@@ -231,7 +231,9 @@ fn emulate(isa: Isa, m: usize, a: &[i8], w: &PackedWeights) -> Vec<i32> {
                         .sum()
                 }
                 Isa::Avx512Vnni => {
-                    let ap = pack_a_vnni(a, m, k, kp);
+                    let mut ap = vec![7u8; 5]; // stale contents must not leak through
+                    pack_a_vnni(a, m, k, kp, &mut ap);
+                    assert_eq!(ap.len(), m * kp);
                     let (blk, h, c) = (j / 32, (j % 32) / 16, j % 16);
                     let biased: i32 = (0..kp / 4)
                         .map(|q| {
