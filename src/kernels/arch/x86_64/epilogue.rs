@@ -39,12 +39,6 @@ pub fn avx512_available() -> bool {
     })
 }
 
-// The generic integer code compiled with AVX-512 enabled: 64-bit lanes get native
-// variable shifts and min/max (vpsravq, vpminsq), so the compiler vectorises the
-// requantisation arithmetic that AVX2 needs intrinsics for. Identical integer operations:
-// bit-exact by construction, and compared with the generic code in `epilogue::tests` on
-// CPUs that have it. (The i-GELU epilogue has its own intrinsics below: the compiled
-// generic code was 0.8 ms per DeiT-T image slower.)
 /// `round_half_up_to_i8` on sixteen f32 lanes: `⌊t⌋ + (t − ⌊t⌋ ≥ ½)` clamped to ±127, NaN
 /// to 0. The same integer as `⌊t + ½⌋` (the f64 sum of the scalar code): `⌊t⌋` and, for
 /// `|t| < 2^23`, `t − ⌊t⌋` are exact in f32; larger finite `t` are integers (fraction 0)
@@ -154,6 +148,12 @@ unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
     }
 }
 
+// The generic integer code compiled with AVX-512 enabled: 64-bit lanes get native
+// variable shifts and min/max (vpsravq, vpminsq), so the compiler vectorises the
+// requantisation arithmetic that AVX2 needs intrinsics for. Identical integer operations:
+// bit-exact by construction, and compared with the generic code in `epilogue::tests` on
+// CPUs that have it. (The i-GELU epilogue, LayerNorm and the image quantisation have
+// intrinsics of their own: the compiled generic i-GELU was 0.8 ms per DeiT-T image slower.)
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
     requant_i8_generic(acc, bias, requant, out)
