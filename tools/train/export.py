@@ -87,32 +87,6 @@ COMMANDS = [
     "--stage-epochs 3,3 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist14 --out models/fmnist-heatvit",
-    "# 22. (not shipped) three gentler selectors before blocks 2, 3, 4 (cumulative targets 0.5/0.3/0.15, "
-    "stages 4/4/4, fan-in init, seed 0; the same predicted latency as 2,4:0.45/0.1 on the cpu-int8 table): "
-    "88.38% at -49.3% MACs, but the first selector did all the pruning (0.23 kept) and the other two kept "
-    "everything they were given; top-k at the same keep 88.40%",
-    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist22 --export-dir /tmp/fmnist22-model "
-    "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,3,4 "
-    "--keep-targets 0.5,0.3,0.15 --stage-epochs 4,4,4 --calib-weight 1.0 --detach-selector-input "
-    "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
-    "# 23. (not shipped) run 21 extended by 4 epochs of both selectors and the backbone at 0.5x the "
-    "learning rates (a copy of run 21's directory without results.json): 88.84% at -48.8% MACs (run 21: "
-    "88.86% at -46.2%), top-k at the same keep 88.40%",
-    "mkdir /work/runs/fmnist23 && cp -r /work/runs/fmnist21/{ckpt.pt,dense_final.pt,metrics.jsonl,export-dense} "
-    "/work/runs/fmnist23/",
-    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist23 --export-dir /tmp/fmnist23-model "
-    "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 "
-    "--keep-targets 0.45,0.1 --stage-epochs 5,4 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
-    "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in --extend-last-stage 4 "
-    "--extend-lr-scale 0.5",
-    "# 24. (not shipped) one selector before block 2 keeping 0.28 (stage of 9 epochs, fan-in init, seed 0): "
-    "88.96% at -46.3% MACs, top-k at the same keep 88.41% -- within 0.1 point of run 21 with a single "
-    "selector, so the second selector's pruning costs little and the loss comes from pruning at block 2",
-    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist24 --export-dir /tmp/fmnist24-model "
-    "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
-    "--stage-epochs 9 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
-    "--selector-weight-decay 0 --selector-init fan-in",
-    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist21 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8",
     "heatvit-run eval --model models/fmnist-heatvit --dataset /usr/share/datasets/fashion-mnist",
