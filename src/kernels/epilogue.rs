@@ -268,6 +268,31 @@ mod tests {
     }
 
     proptest! {
+        // The dispatched int8 requantisation and residual add (hand-written for AVX-512)
+        // equal the generic code for any multipliers, in-range accumulators, any residual
+        // stream values and rows of any width (tails of 1..15 channels included).
+        #[test]
+        fn requant_and_residual_epilogues_equal_the_generic_code(
+            (acc, bias, m, x0) in (1usize..100, 1usize..4).prop_flat_map(|(n, rows)| (
+                prop::collection::vec(acc_value(), n * rows),
+                prop::collection::vec(acc_value(), n),
+                prop::collection::vec(requant_multiplier(), n),
+                prop::collection::vec(any::<i16>(), n * rows),
+            )),
+            rescale in requant_multiplier(),
+        ) {
+            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
+            requant_i8(&acc, &bias, &m, &mut a);
+            requant_i8_generic(&acc, &bias, &m, &mut b);
+            prop_assert_eq!(a, b);
+            let (mut x1, mut x2) = (x0.clone(), x0);
+            residual(&acc, &bias, &m, rescale, &mut x1);
+            residual_generic(&acc, &bias, &m, rescale, &mut x2);
+            prop_assert_eq!(x1, x2);
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         // The dispatched (possibly AVX2-compiled) epilogues equal the generic code.
         #[test]

@@ -35,12 +35,27 @@ pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out
 
 #[target_feature(enable = "avx512f,avx512vnni")]
 fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
-    for (jb, wblock) in w.chunks_exact((kp * NR).max(1)).enumerate().take(n.div_ceil(NR)) {
+    let block = (kp * NR).max(1);
+    let blocks = n.div_ceil(NR);
+    // Lines of the next weight block fetched ahead per row tile: the whole block over the
+    // first tiles of this one (the weights of a layer come from L3 once per image).
+    let tiles = m.div_ceil(MR);
+    let lines_per_tile = (block / 64).div_ceil(tiles.max(1));
+    for (jb, wblock) in w.chunks_exact(block).enumerate().take(blocks) {
         let j0 = jb * NR;
         let cols = NR.min(n - j0);
         let corr = &corr[j0..j0 + cols];
+        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks);
         let mut i0 = 0;
         while i0 < m {
+            if let Some(next) = next {
+                let t = i0 / MR;
+                for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(block / 64) {
+                    // SAFETY: byte 64·l of `next` is in bounds (l < block/64); a prefetch
+                    // never faults and changes no state visible to the program.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
+                }
+            }
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
             let out = &mut out[i0 * n + j0..];

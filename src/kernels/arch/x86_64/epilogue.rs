@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use super::fixed::{clamp_epi64, half, load_i32x8, merge, odd, pack_i8x8, sra_epi64_var, MulV};
 use crate::kernels::epilogue::{quantize_i8_slice_generic, requant_i32_generic, requant_i8_generic, residual_generic};
-use crate::quant::fixed::{sat_i32, I32_MAX, ONE_Q16};
+use crate::quant::fixed::{sat_i32, sat_i8, I32_MAX, ONE_Q16};
 use crate::quant::gelu::{gelu_q16, Delta1, A_Q16, INV_SQRT2_Q16, NEG_B_Q16};
 use crate::quant::norm::LayerNormI16;
 use crate::quant::Multiplier;
@@ -148,17 +148,85 @@ unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
     }
 }
 
+/// Per 16 channels: mantissas as int32 lanes; rounding terms and shifts per half (even
+/// channels 0, 2, .., 14 and odd 1, 3, .., 15) as i64 lanes.
+#[target_feature(enable = "avx512f")]
+fn channels16(requant: &[Multiplier]) -> Vec<[__m512i; 5]> {
+    assert!(requant.iter().all(|m| m.shift <= 62), "requant multipliers: shift > 62");
+    requant
+        .chunks_exact(16)
+        .map(|c| {
+            let h = |k: usize| std::array::from_fn::<i64, 8, _>(|i| half(c[2 * i + k].shift));
+            let sh = |k: usize| std::array::from_fn::<i64, 8, _>(|i| c[2 * i + k].shift as i64);
+            let m: [i32; 16] = std::array::from_fn(|i| c[i].m);
+            // SAFETY: each array is 64 bytes; loadu has no alignment requirement.
+            unsafe {
+                [
+                    _mm512_loadu_si512(m.as_ptr().cast()),
+                    _mm512_loadu_si512(h(0).as_ptr().cast()),
+                    _mm512_loadu_si512(h(1).as_ptr().cast()),
+                    _mm512_loadu_si512(sh(0).as_ptr().cast()),
+                    _mm512_loadu_si512(sh(1).as_ptr().cast()),
+                ]
+            }
+        })
+        .collect()
+}
+
+/// `clamp(requant[o].apply(acc + bias), lo, hi)` for 16 channels `ch` ([`channels16`]),
+/// per half on i64 lanes (native variable arithmetic shifts and 64-bit min/max), merged
+/// back into int32 lanes. `lo`, `hi` are i64 lanes within the int32 range.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn requant16(acc: &[i32], bias: &[i32], ch: &[__m512i; 5], lo: __m512i, hi: __m512i) -> __m512i {
+    let (a, b) = (&acc[..16], &bias[..16]);
+    // SAFETY: `a` and `b` hold 16 int32 (64 bytes); loadu has no alignment requirement.
+    // acc + bias wraps as the scalar i32 addition does in release builds (callers keep it
+    // in range: |acc| < 2^30, |bias| ≤ 2^30).
+    let x = unsafe { _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast())) };
+    let q = |xh: __m512i, mh: __m512i, k: usize| {
+        let p = _mm512_add_epi64(_mm512_mul_epi32(xh, mh), ch[1 + k]);
+        _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(p, ch[3 + k]), lo), hi)
+    };
+    let qe = q(x, ch[0], 0);
+    let qo = q(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(ch[0]), 1);
+    _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo))
+}
+
+/// The per-channel int8 requantisation, 16 channels at a time by [`requant16`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
+    assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
+    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
+    let full = n / 16 * 16;
+    let chans = channels16(&requant[..full]);
+    let (lo, hi) = (_mm512_set1_epi64(-127), _mm512_set1_epi64(127));
+    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (c, ch) in chans.iter().enumerate() {
+            let o = c * 16;
+            let bytes = _mm512_cvtepi32_epi8(requant16(&arow[o..], &bias[o..], ch, lo, hi));
+            let dst = &mut orow[o..o + 16];
+            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+        }
+        for o in full..n {
+            orow[o] = sat_i8(requant[o].apply(arow[o] + bias[o]));
+        }
+    }
+}
+
 // The generic integer code compiled with AVX-512 enabled: 64-bit lanes get native
 // variable shifts and min/max (vpsravq, vpminsq), so the compiler vectorises the
 // requantisation arithmetic that AVX2 needs intrinsics for. Identical integer operations:
 // bit-exact by construction, and compared with the generic code in `epilogue::tests` on
-// CPUs that have it. (The i-GELU epilogue, LayerNorm and the image quantisation have
-// intrinsics of their own: the compiled generic i-GELU was 0.8 ms per DeiT-T image slower.)
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
-    requant_i8_generic(acc, bias, requant, out)
-}
-
+// CPUs that have it. (The int8 requantisation, the i-GELU epilogue, the residual add,
+// LayerNorm and the image quantisation have intrinsics of their own: the compiled generic
+// i-GELU was 0.8 ms per DeiT-T image slower, the int8 requantisation 0.08 ms.)
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
     requant_i32_generic(acc, bias, requant, out)
@@ -223,28 +291,9 @@ unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplie
         return;
     }
     assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
-    assert!(requant.iter().all(|m| m.shift <= 62) && to_i8.shift <= 62, "requant multipliers: shift > 62");
+    assert!(to_i8.shift <= 62, "requant multipliers: shift > 62");
     let full = n / 16 * 16;
-    // Per 16 channels: mantissas as int32 lanes; rounding terms and shifts per half (even
-    // channels 0, 2, .., 14 and odd 1, 3, .., 15) as i64 lanes.
-    let chans: Vec<[__m512i; 5]> = requant[..full]
-        .chunks_exact(16)
-        .map(|c| {
-            let h = |k: usize| std::array::from_fn::<i64, 8, _>(|i| half(c[2 * i + k].shift));
-            let sh = |k: usize| std::array::from_fn::<i64, 8, _>(|i| c[2 * i + k].shift as i64);
-            let m: [i32; 16] = std::array::from_fn(|i| c[i].m);
-            // SAFETY: each array is 64 bytes; loadu has no alignment requirement.
-            unsafe {
-                [
-                    _mm512_loadu_si512(m.as_ptr().cast()),
-                    _mm512_loadu_si512(h(0).as_ptr().cast()),
-                    _mm512_loadu_si512(h(1).as_ptr().cast()),
-                    _mm512_loadu_si512(sh(0).as_ptr().cast()),
-                    _mm512_loadu_si512(sh(1).as_ptr().cast()),
-                ]
-            }
-        })
-        .collect();
+    let chans = channels16(&requant[..full]);
     let (to_m, to_half, to_sh) =
         (_mm512_set1_epi32(to_i8.m), _mm512_set1_epi64(half(to_i8.shift)), _mm_cvtsi32_si128(to_i8.shift as i32));
     let (hi32, lo32) = (_mm512_set1_epi64(I32_MAX), _mm512_set1_epi64(-I32_MAX));
@@ -252,23 +301,13 @@ unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplie
     for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         for (c, ch) in chans.iter().enumerate() {
             let o = c * 16;
-            let (a, b) = (&arow[o..o + 16], &bias[o..o + 16]);
-            // SAFETY: `a` and `b` hold 16 int32 (64 bytes); loadu has no alignment requirement.
-            let x = unsafe {
-                _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast()))
-            };
             // sat32(requant.apply(x)), then GELU, then sat8(to_i8.apply(·)), per half.
-            let q = |xh: __m512i, mh: __m512i, k: usize| {
-                let p = _mm512_add_epi64(_mm512_mul_epi32(xh, mh), ch[1 + k]);
-                _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(p, ch[3 + k]), lo32), hi32)
-            };
+            let q = requant16(&arow[o..], &bias[o..], ch, lo32, hi32);
             let narrow = |g: __m512i| {
                 let p = _mm512_add_epi64(_mm512_mul_epi32(g, to_m), to_half);
                 _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(p, to_sh), lo8), hi8)
             };
-            let qe = q(x, ch[0], 0);
-            let qo = q(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(ch[0]), 1);
-            let (ge, go) = gelu_q16_x16(_mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64::<32>(qo)));
+            let (ge, go) = gelu_q16_x16(q);
             let y = _mm512_mask_blend_epi32(0xAAAA, narrow(ge), _mm512_slli_epi64::<32>(narrow(go)));
             let bytes = _mm512_cvtepi32_epi8(y);
             let dst = &mut orow[o..o + 16];
@@ -281,9 +320,52 @@ unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplie
     }
 }
 
+/// The residual add, 16 channels at a time: per half on i64 lanes, the branch
+/// `requant[o].apply(acc + bias)` (per-channel shifts), the incoming residual
+/// `rescale.apply(x)`, their exact sum (|·| < 2^62) saturated to ±(2^15 − 1).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn residual_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
-    residual_generic(acc, bias, requant, rescale, x)
+    assert_eq!(acc.len(), x.len(), "epilogue: accumulator and output sizes");
+    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
+    let n = requant.len();
+    if n == 0 {
+        return;
+    }
+    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
+    assert!(rescale.shift <= 62, "requant multipliers: shift > 62");
+    let full = n / 16 * 16;
+    let chans = channels16(&requant[..full]);
+    let (rm, rhalf, rsh) =
+        (_mm512_set1_epi32(rescale.m), _mm512_set1_epi64(half(rescale.shift)), _mm_cvtsi32_si128(rescale.shift as i32));
+    let (lo, hi) = (_mm512_set1_epi64(-(i16::MAX as i64)), _mm512_set1_epi64(i16::MAX as i64));
+    for (arow, xrow) in acc.chunks_exact(n).zip(x.chunks_exact_mut(n)) {
+        for (c, ch) in chans.iter().enumerate() {
+            let o = c * 16;
+            let (a, b, xs) = (&arow[o..o + 16], &bias[o..o + 16], &mut xrow[o..o + 16]);
+            // SAFETY: `a`, `b` hold 16 int32 and `xs` 16 int16; loadu has no alignment
+            // requirement. acc + bias wraps as the scalar i32 addition does in release
+            // builds (callers keep it in range).
+            let (v, r) = unsafe {
+                (
+                    _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast())),
+                    _mm512_cvtepi16_epi32(_mm256_loadu_si256(xs.as_ptr().cast())),
+                )
+            };
+            let sum = |vh: __m512i, mh: __m512i, rh: __m512i, k: usize| {
+                let branch = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(vh, mh), ch[1 + k]), ch[3 + k]);
+                let res = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(rh, rm), rhalf), rsh);
+                _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(branch, res), lo), hi)
+            };
+            let se = sum(v, ch[0], r, 0);
+            let so = sum(_mm512_srli_epi64::<32>(v), _mm512_srli_epi64::<32>(ch[0]), _mm512_srli_epi64::<32>(r), 1);
+            let y = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(0xAAAA, se, _mm512_slli_epi64::<32>(so)));
+            // SAFETY: `xs` holds 16 int16 (32 bytes); storeu has no alignment requirement.
+            unsafe { _mm256_storeu_si256(xs.as_mut_ptr().cast(), y) };
+        }
+        for o in full..n {
+            xrow[o] = crate::quant::fixed::residual_add(arow[o] + bias[o], requant[o], xrow[o], rescale);
+        }
+    }
 }
 
 #[target_feature(enable = "avx2")]
