@@ -16,7 +16,7 @@ use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
-use crate::quant::fixed::{div_round, sat_i16, sat_i8};
+use crate::quant::fixed::{div_round, sat_i8};
 use crate::quant::model::{QBlock, QLinear, QSelector, QuantModel};
 use crate::quant::select::{fuse_heads_q16, keep_score_q16, package_i16, score_to_f32};
 use crate::quant::sigmoid::sigmoid_q16;
@@ -167,11 +167,11 @@ pub fn embed(
     let cols = crate::model::vit::im2col(cfg, &qimg, |v| v);
     let acc = gemm(threads, &q.patch.packed, &cols, n0)?;
     let mut x = q.embed_rows.clone();
-    for (arow, xrow) in acc.chunks_exact(d).zip(x[d..].chunks_exact_mut(d)) {
-        for (c, (xv, &a)) in xrow.iter_mut().zip(arow).enumerate() {
-            *xv = sat_i16(q.patch.rescale(c, a) + *xv as i64);
-        }
-    }
+    // x = sat16(patch.rescale(c, acc) + x): the residual add with the identity multiplier
+    // (m = 2^30, shift 30: exactly x for every int32 x).
+    let one = crate::quant::Multiplier::from_ratio(1.0).expect("1 is a valid ratio");
+    debug_assert!(one.apply(i32::MIN) == i32::MIN as i64 && one.apply(i32::MAX) == i32::MAX as i64);
+    epilogue::residual(&acc, &q.patch.bias, &q.patch.requant, one, &mut x[d..(1 + n0) * d]);
     Ok(x)
 }
 

@@ -40,6 +40,11 @@ pub fn shift_round(x: i64, sh: u32) -> i64 {
 #[inline]
 pub fn div_round(num: i64, den: i64) -> i64 {
     debug_assert!(den > 0, "div_round by {den}");
+    if den & (den - 1) == 0 {
+        // den = 2^k: ⌊(2·num + 2^k) / 2^(k+1)⌋ = ⌊(num + 2^(k−1)) / 2^k⌋, a shift (the
+        // selectors' head means divide by the head width, a power of two in every DeiT).
+        return shift_round(num, den.trailing_zeros());
+    }
     (2 * num + den).div_euclid(2 * den)
 }
 
@@ -256,13 +261,42 @@ mod tests {
     #[test]
     fn div_round_matches_exact_rational_rounding() {
         for num in -300i64..300 {
-            for den in 1i64..40 {
+            for den in (1i64..40).chain([64, 128, 256, 1 << 20]) {
                 // Exact in f64 (small integers): round half up of num/den.
                 let want = ((num as f64 / den as f64) + 0.5).floor() as i64;
                 let got = div_round(num, den);
                 // Guard against f64 hiding a tie: check with integers too.
                 assert!(2 * num + den >= 2 * den * got && 2 * num + den < 2 * den * (got + 1));
                 assert_eq!(got, want, "{num}/{den}");
+            }
+        }
+    }
+
+    #[test]
+    fn div_round_by_powers_of_two_is_the_division() {
+        let nums = [
+            i64::MIN / 4,
+            -(1 << 61),
+            -12345678901,
+            -65,
+            -64,
+            -33,
+            -32,
+            -31,
+            -1,
+            0,
+            1,
+            31,
+            32,
+            33,
+            64,
+            98765432109,
+            1 << 61,
+        ];
+        for num in nums {
+            for k in 0..40 {
+                let den = 1i64 << k;
+                assert_eq!(div_round(num, den), (2 * num + den).div_euclid(2 * den), "{num}/{den}");
             }
         }
     }
