@@ -264,6 +264,12 @@ impl PackedWeights {
                 let jn = (n - j0).min(nr);
                 let at = (jb * kq + q) * nr * KG;
                 let tile = &mut self.data[at..at + jn * KG];
+                #[cfg(target_arch = "x86_64")]
+                if KG == 4 && g == KG && jn == nr && self.isa == Isa::Avx512Vnni {
+                    let rows = std::array::from_fn(|t| &cols[t][j0..j0 + nr]);
+                    super::arch::x86_64::avx512vnni::transpose_quad(rows, tile);
+                    continue;
+                }
                 if g == KG {
                     for (jj, dst) in tile.chunks_exact_mut(KG).enumerate() {
                         let dst: &mut [i8; KG] = dst.try_into().expect("KG bytes");

@@ -141,15 +141,22 @@ fn contract_violations_are_errors() {
 
 #[test]
 fn transposed_packing_is_the_same_operand() {
-    let (k, n) = (37, 21);
-    let w = fill(n * k, 5, -127, 127);
-    let mut w_t = vec![0i8; k * n];
-    for j in 0..n {
-        for t in 0..k {
-            w_t[t * n + j] = w[j * k + t];
+    // Partial and whole 32-channel blocks and k-quads (the VNNI packer transposes whole
+    // 4 × 32 tiles with SIMD interleaves, the rest byte by byte).
+    for (k, n) in [(37, 21), (37, 64), (200, 70), (4, 32), (197, 64)] {
+        let w = fill(n * k, 5 + k as u64, -127, 127);
+        let mut w_t = vec![0i8; k * n];
+        for j in 0..n {
+            for t in 0..k {
+                w_t[t * n + j] = w[j * k + t];
+            }
         }
+        assert_eq!(
+            PackedWeights::new_transposed(&w_t, k, n).unwrap(),
+            PackedWeights::new(&w, n, k).unwrap(),
+            "k {k} n {n}"
+        );
     }
-    assert_eq!(PackedWeights::new_transposed(&w_t, k, n).unwrap(), PackedWeights::new(&w, n, k).unwrap());
 }
 
 /// Packing rows (or, transposed, columns) in place inside wider rows — one head of the

@@ -74,6 +74,42 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
     }
 }
 
+/// One packed tile of a transposed operand: `out[4c + t] = rows[t][c]` for 32 channels
+/// `c` and the 4 rows `t` of a k-quad (the `[half][channel][t]` order above), by byte and
+/// word interleaves (AVX2, which every VNNI CPU has).
+pub fn transpose_quad(rows: [&[i8]; 4], out: &mut [i8]) {
+    assert!(rows.iter().all(|r| r.len() >= NR) && out.len() == NR * KG, "transpose_quad: sizes");
+    assert!(is_x86_feature_detected!("avx2"), "transpose_quad without AVX2");
+    // SAFETY: AVX2 is present (asserted above); the loads read 32 bytes of each row and
+    // the stores write the 128 bytes of `out` (lengths asserted above).
+    unsafe { transpose_quad_avx2(rows, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn transpose_quad_avx2(rows: [&[i8]; 4], out: &mut [i8]) {
+    // SAFETY: each row holds at least 32 bytes (asserted by the caller); loadu has no
+    // alignment requirement.
+    let r = rows.map(|row| unsafe { _mm256_loadu_si256(row.as_ptr().cast()) });
+    // Per 128-bit lane (channels 0..16 | 16..32): bytes of rows 0,1 and 2,3 interleaved,
+    // then the pairs interleaved into quads: A = ch 0-3 | 16-19, B = 4-7 | 20-23,
+    // C = 8-11 | 24-27, D = 12-15 | 28-31.
+    let (lo01, hi01) = (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[0], r[1]));
+    let (lo23, hi23) = (_mm256_unpacklo_epi8(r[2], r[3]), _mm256_unpackhi_epi8(r[2], r[3]));
+    let (a, b) = (_mm256_unpacklo_epi16(lo01, lo23), _mm256_unpackhi_epi16(lo01, lo23));
+    let (c, d) = (_mm256_unpacklo_epi16(hi01, hi23), _mm256_unpackhi_epi16(hi01, hi23));
+    let parts = [
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x20>(c, d),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+        _mm256_permute2x128_si256::<0x31>(c, d),
+    ];
+    for (i, v) in parts.into_iter().enumerate() {
+        // SAFETY: bytes 32i .. 32i + 32 of `out` (128 bytes) are in bounds; storeu has no
+        // alignment requirement.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * i).cast(), v) };
+    }
+}
+
 /// One `R × cols` output tile (`cols = corr.len() ≤ 32`): rows `r` of `out` start at
 /// `r·n`. Full 32-column tiles go from the registers to `out` with the correction
 /// subtracted; narrower ones (the last column block) through a small buffer.
