@@ -173,6 +173,21 @@ fn channels16(requant: &[Multiplier]) -> Vec<[__m512i; 5]> {
         .collect()
 }
 
+/// The shape checks of a 16-channel epilogue and its per-channel constants: `None` for
+/// no channels, else (channels per row, channels in whole groups of 16, [`channels16`]).
+#[target_feature(enable = "avx512f")]
+fn layout16(acc: usize, out: usize, requant: &[Multiplier], bias: usize) -> Option<(usize, usize, Vec<[__m512i; 5]>)> {
+    assert_eq!(acc, out, "epilogue: accumulator and output sizes");
+    assert_eq!(requant.len(), bias, "epilogue: one bias per multiplier");
+    let n = requant.len();
+    if n == 0 {
+        return None;
+    }
+    assert!(acc.is_multiple_of(n), "epilogue: rows are not whole");
+    let full = n / 16 * 16;
+    Some((n, full, channels16(&requant[..full])))
+}
+
 /// `clamp(requant[o].apply(acc + bias), lo, hi)` for 16 channels `ch` ([`channels16`]),
 /// per half on i64 lanes (native variable arithmetic shifts and 64-bit min/max), merged
 /// back into int32 lanes. `lo`, `hi` are i64 lanes within the int32 range.
@@ -196,15 +211,9 @@ fn requant16(acc: &[i32], bias: &[i32], ch: &[__m512i; 5], lo: __m512i, hi: __m5
 /// The per-channel int8 requantisation, 16 channels at a time by [`requant16`].
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
-    assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
-    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
-    let n = requant.len();
-    if n == 0 {
+    let Some((n, full, chans)) = layout16(acc.len(), out.len(), requant, bias.len()) else {
         return;
-    }
-    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
-    let full = n / 16 * 16;
-    let chans = channels16(&requant[..full]);
+    };
     let (lo, hi) = (_mm512_set1_epi64(-127), _mm512_set1_epi64(127));
     for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         for (c, ch) in chans.iter().enumerate() {
@@ -284,16 +293,10 @@ pub fn gelu_q16_x16_lanes(x: [i32; 16]) -> [i32; 16] {
 /// [`gelu_q16_x16`].
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
-    assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
-    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
-    let n = requant.len();
-    if n == 0 {
+    let Some((n, full, chans)) = layout16(acc.len(), out.len(), requant, bias.len()) else {
         return;
-    }
-    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
+    };
     assert!(to_i8.shift <= 62, "requant multipliers: shift > 62");
-    let full = n / 16 * 16;
-    let chans = channels16(&requant[..full]);
     let (to_m, to_half, to_sh) =
         (_mm512_set1_epi32(to_i8.m), _mm512_set1_epi64(half(to_i8.shift)), _mm_cvtsi32_si128(to_i8.shift as i32));
     let (hi32, lo32) = (_mm512_set1_epi64(I32_MAX), _mm512_set1_epi64(-I32_MAX));
@@ -325,16 +328,10 @@ unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplie
 /// `rescale.apply(x)`, their exact sum (|·| < 2^62) saturated to ±(2^15 − 1).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn residual_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
-    assert_eq!(acc.len(), x.len(), "epilogue: accumulator and output sizes");
-    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
-    let n = requant.len();
-    if n == 0 {
+    let Some((n, full, chans)) = layout16(acc.len(), x.len(), requant, bias.len()) else {
         return;
-    }
-    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
+    };
     assert!(rescale.shift <= 62, "requant multipliers: shift > 62");
-    let full = n / 16 * 16;
-    let chans = channels16(&requant[..full]);
     let (rm, rhalf, rsh) =
         (_mm512_set1_epi32(rescale.m), _mm512_set1_epi64(half(rescale.shift)), _mm_cvtsi32_si128(rescale.shift as i32));
     let (lo, hi) = (_mm512_set1_epi64(-(i16::MAX as i64)), _mm512_set1_epi64(i16::MAX as i64));
