@@ -11,6 +11,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::op_timers::{time, Op};
 use super::{Backend, BackendError, Layout};
 use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
 use crate::kernels::{attention, epilogue};
@@ -193,20 +194,22 @@ fn head_ctx(
     s: &mut HeadScratch,
 ) -> Result<(), BackendError> {
     let qh = sized(&mut s.qh, rows * hd);
-    for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
-        dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
-    }
-    let kp =
-        PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d).map_err(gemm_err)?;
+    let (kp, vp) = time(Op::HeadPack, || {
+        for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
+            dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
+        }
+        let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d);
+        let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d);
+        (kp, vp)
+    });
+    let (kp, vp) = (kp.map_err(gemm_err)?, vp.map_err(gemm_err)?);
     let logits = sized(&mut s.logits, rows * rows);
-    gemm_i8_packed(rows, qh, &kp, logits).map_err(gemm_err)?;
+    time(Op::QkGemm, || gemm_i8_packed(rows, qh, &kp, logits)).map_err(gemm_err)?;
     let probs = sized(&mut s.probs, rows * rows);
-    attention::softmax_rows_i8(logits, rows, b.logits, probs);
-    let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d)
-        .map_err(gemm_err)?;
+    time(Op::Softmax, || attention::softmax_rows_i8(logits, rows, b.logits, probs));
     let pv = sized(&mut s.pv, rows * hd);
-    gemm_i8_packed(rows, probs, &vp, pv).map_err(gemm_err)?;
-    attention::requant_uniform_i8(pv, b.pv, sized(&mut s.ctx, rows * hd));
+    time(Op::PvGemm, || gemm_i8_packed(rows, probs, &vp, pv)).map_err(gemm_err)?;
+    time(Op::PvRequant, || attention::requant_uniform_i8(pv, b.pv, sized(&mut s.ctx, rows * hd)));
     Ok(())
 }
 
@@ -229,11 +232,11 @@ pub fn block_with(
     let d = b.norm1.dim();
     let hd = d / heads;
     let y = sized(&mut s.y, rows * d);
-    b.norm1.apply(x, y);
+    time(Op::LayerNorm, || b.norm1.apply(x, y));
     let acc = sized(&mut s.acc, rows * 3 * d);
-    gemm_into(threads, &b.qkv.packed, y, rows, acc)?;
+    time(Op::QkvGemm, || gemm_into(threads, &b.qkv.packed, y, rows, acc))?;
     let qkv = sized(&mut s.qkv, rows * 3 * d);
-    epilogue::requant_i8(acc, &b.qkv.bias, &b.qkv.requant, qkv);
+    time(Op::QkvRequant, || epilogue::requant_i8(acc, &b.qkv.bias, &b.qkv.requant, qkv));
     let qkv = &*qkv;
     let ctx = sized(&mut s.ctx, rows * d);
     // Attention, one head at a time (heads split over threads).
@@ -261,23 +264,23 @@ pub fn block_with(
     } else {
         for h in 0..heads {
             head_ctx(b, qkv, rows, d, hd, h, &mut s.head)?;
-            scatter_head(ctx, &s.head.ctx[..rows * hd], d, hd, h);
+            time(Op::PvRequant, || scatter_head(ctx, &s.head.ctx[..rows * hd], d, hd, h));
         }
     }
     let acc = sized(&mut s.acc, rows * d);
-    gemm_into(threads, &b.proj.packed, ctx, rows, acc)?;
-    epilogue::residual(acc, &b.proj.bias, &b.proj.requant, b.res1, x);
+    time(Op::ProjGemm, || gemm_into(threads, &b.proj.packed, ctx, rows, acc))?;
+    time(Op::Residual, || epilogue::residual(acc, &b.proj.bias, &b.proj.requant, b.res1, x));
     // MLP.
     let y = sized(&mut s.y, rows * d);
-    b.norm2.apply(x, y);
+    time(Op::LayerNorm, || b.norm2.apply(x, y));
     let hidden = b.fc1.out_features();
     let acc = sized(&mut s.acc, rows * hidden);
-    gemm_into(threads, &b.fc1.packed, y, rows, acc)?;
+    time(Op::Fc1Gemm, || gemm_into(threads, &b.fc1.packed, y, rows, acc))?;
     let hid = sized(&mut s.hid, rows * hidden);
-    epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, b.hidden, hid);
+    time(Op::Gelu, || epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, b.hidden, hid));
     let acc = sized(&mut s.acc, rows * d);
-    gemm_into(threads, &b.fc2.packed, hid, rows, acc)?;
-    epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x);
+    time(Op::Fc2Gemm, || gemm_into(threads, &b.fc2.packed, hid, rows, acc))?;
+    time(Op::Residual, || epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x));
     Ok(())
 }
 
@@ -354,7 +357,7 @@ impl Backend for CpuInt8 {
     fn begin(&mut self, image: &[f32]) -> Result<Layout, BackendError> {
         let cfg = &self.model.config;
         super::check_image(Self::NAME, cfg, image)?;
-        let x = embed(&self.q, cfg, image, self.threads)?;
+        let x = time(Op::Embed, || embed(&self.q, cfg, image, self.threads))?;
         let layout = Layout { live: cfg.num_patches(), packages: 0 };
         self.state = Some((x, layout));
         Ok(layout)
@@ -379,7 +382,7 @@ impl Backend for CpuInt8 {
         let sel = q.selectors.get(stage).ok_or_else(|| failed(format!("model has no selector for stage {stage}")))?;
         let (x, layout) = self.state("score")?;
         let live = layout.live;
-        let p = selector_scores(sel, x, d, live, threads)?;
+        let p = time(Op::Selector, || selector_scores(sel, x, d, live, threads))?;
         let out = p.iter().map(|&v| score_to_f32(v)).collect();
         self.last_scores = p;
         Ok(out)

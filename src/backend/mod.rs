@@ -10,6 +10,7 @@
 
 pub mod cpu_f32;
 pub mod cpu_int8;
+pub mod op_timers;
 
 use std::ops::Range;
 

@@ -64,6 +64,10 @@ struct Report {
     /// With `--gemm`: the int8 kernel on the DeiT-T shapes.
     #[serde(skip_serializing_if = "Option::is_none")]
     gemm: Option<GemmReport>,
+    /// In a build with the `op-timers` feature: the integer backend's time per image in
+    /// each kind of operation (mean over the timed runs, ms), in the order of a block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ops_ms: Option<Vec<(String, f64)>>,
 }
 
 #[derive(Serialize)]
@@ -195,6 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
     for _ in 0..args.warmup {
         engine.run(&tensor)?;
     }
+    crate::backend::op_timers::reset();
     let mut times = Vec::with_capacity(args.runs);
     let mut span_times: Vec<(String, Vec<f64>)> = Vec::new();
     let mut last = None;
@@ -239,6 +244,9 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         kept_per_stage: inf.stages.iter().map(|s| s.kept).collect(),
         peak_rss_mb: peak_rss_mb(),
         spans,
+        ops_ms: crate::backend::op_timers::read()
+            .filter(|ops| ops.iter().any(|&(_, ms)| ms > 0.0))
+            .map(|ops| ops.into_iter().map(|(name, ms)| (name.to_string(), ms / args.runs as f64)).collect()),
         gemm: if args.gemm { Some(gemm_report(args.runs)?) } else { None },
     };
     if args.json {
@@ -261,6 +269,11 @@ pub fn run(args: &BenchArgs) -> Result<u8> {
         let parts: Vec<String> =
             report.spans.iter().map(|s| format!("{} {:.2}/{:.2}", s.name, s.median_ms, s.min_ms)).collect();
         out!("  per part (median/min ms): {}", parts.join(", "));
+        if let Some(ops) = &report.ops_ms {
+            let total: f64 = ops.iter().map(|(_, ms)| ms).sum();
+            let ops: Vec<String> = ops.iter().map(|(name, ms)| format!("{name} {ms:.3}")).collect();
+            out!("  per operation (ms per image, mean; {total:.2} in all): {}", ops.join(", "));
+        }
         if let Some(g) = &report.gemm {
             out!(
                 "  int8 GEMM ({}), peak {}:",
