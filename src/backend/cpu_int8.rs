@@ -35,6 +35,7 @@ pub struct CpuInt8 {
     last_scores: Vec<u32>,
     /// Buffers the blocks reuse from image to image.
     scratch: Scratch,
+    sel_scratch: SelectorScratch,
 }
 
 fn failed(msg: impl Into<String>) -> BackendError {
@@ -64,6 +65,7 @@ impl CpuInt8 {
             state: None,
             last_scores: Vec::new(),
             scratch: Scratch::default(),
+            sel_scratch: SelectorScratch::default(),
         })
     }
 
@@ -127,28 +129,6 @@ fn gemm_into(threads: usize, w: &PackedWeights, a: &[i8], m: usize, out: &mut [i
 fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
     let mut out = vec![0i32; m * w.out_features()];
     gemm_into(threads, w, a, m, &mut out)?;
-    Ok(out)
-}
-
-/// A Linear layer into Q·.16, then GELU (Q·.16), then int8 through `to_i8`.
-fn linear_gelu_i8(
-    threads: usize,
-    l: &QLinear,
-    a: &[i8],
-    m: usize,
-    to_i8: crate::quant::Multiplier,
-) -> Result<Vec<i8>, BackendError> {
-    let acc = gemm(threads, &l.packed, a, m)?;
-    let mut out = vec![0i8; acc.len()];
-    epilogue::requant_gelu_i8(&acc, &l.bias, &l.requant, to_i8, &mut out);
-    Ok(out)
-}
-
-/// A Linear layer into Q·.16.
-fn linear_q16(threads: usize, l: &QLinear, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
-    let acc = gemm(threads, &l.packed, a, m)?;
-    let mut out = vec![0i32; acc.len()];
-    epilogue::requant_i32(&acc, &l.bias, &l.requant, &mut out);
     Ok(out)
 }
 
@@ -284,6 +264,56 @@ pub fn block_with(
     Ok(())
 }
 
+/// The token selectors' buffers, reused like [`Scratch`].
+#[derive(Default)]
+pub struct SelectorScratch {
+    t: Vec<u32>,
+    means: Vec<i8>,
+    xh: Vec<i16>,
+    y: Vec<i8>,
+    acc: Vec<i32>,
+    u: Vec<i8>,
+    f2: Vec<i8>,
+    f3: Vec<i8>,
+    l: Vec<i32>,
+    gh: Vec<i8>,
+    ga: Vec<i32>,
+}
+
+/// A Linear layer on `m` rows into Q·.16, then GELU, then int8 through `to_i8`, into
+/// `out` (resized; the accumulators in `acc`).
+fn linear_gelu_into(
+    threads: usize,
+    l: &QLinear,
+    a: &[i8],
+    m: usize,
+    to_i8: crate::quant::Multiplier,
+    acc: &mut Vec<i32>,
+    out: &mut Vec<i8>,
+) -> Result<(), BackendError> {
+    let n = l.out_features();
+    let acc = sized(acc, m * n);
+    gemm_into(threads, &l.packed, a, m, acc)?;
+    epilogue::requant_gelu_i8(acc, &l.bias, &l.requant, to_i8, sized(out, m * n));
+    Ok(())
+}
+
+/// A Linear layer on `m` rows into Q·.16, into `out` (resized; accumulators in `acc`).
+fn linear_q16_into(
+    threads: usize,
+    l: &QLinear,
+    a: &[i8],
+    m: usize,
+    acc: &mut Vec<i32>,
+    out: &mut Vec<i32>,
+) -> Result<(), BackendError> {
+    let n = l.out_features();
+    let acc = sized(acc, m * n);
+    gemm_into(threads, &l.packed, a, m, acc)?;
+    epilogue::requant_i32(acc, &l.bias, &l.requant, sized(out, m * n));
+    Ok(())
+}
+
 /// Fused Q0.16 keep scores of the `live` patch tokens (rows `1..=live`).
 pub fn selector_scores(
     sel: &QSelector,
@@ -291,6 +321,7 @@ pub fn selector_scores(
     d: usize,
     live: usize,
     threads: usize,
+    s: &mut SelectorScratch,
 ) -> Result<Vec<u32>, BackendError> {
     if live == 0 {
         return Ok(Vec::new());
@@ -298,11 +329,10 @@ pub fn selector_scores(
     let heads = sel.heads.len();
     let hd = d / heads;
     let patches = &x[d..(1 + live) * d];
-    let mut t = vec![0u32; live * heads];
-    let mut means = vec![0i8; live * heads];
-    let mut xh = vec![0i16; live * hd];
-    let mut y = vec![0i8; live * hd];
+    let t = sized(&mut s.t, live * heads);
+    let means = sized(&mut s.means, live * heads);
     for (h, hw) in sel.heads.iter().enumerate() {
+        let xh = sized(&mut s.xh, live * hd);
         for j in 0..live {
             let src = &patches[j * d + h * hd..][..hd];
             xh[j * hd..(j + 1) * hd].copy_from_slice(src);
@@ -310,8 +340,10 @@ pub fn selector_scores(
             let sum: i32 = src.iter().map(|&v| v as i32).sum();
             means[j * heads + h] = sel.gate_in.to_i8(div_round(sum as i64, hd as i64) as i32);
         }
-        hw.norm.apply(&xh, &mut y);
-        let mut u = linear_gelu_i8(threads, &hw.fc1, &y, live, hw.u)?;
+        let y = sized(&mut s.y, live * hd);
+        hw.norm.apply(xh, y);
+        linear_gelu_into(threads, &hw.fc1, y, live, hw.u, &mut s.acc, &mut s.u)?;
+        let u = &mut s.u[..live * hd];
         let half = hd / 2;
         // Column sums row by row (contiguous rows rather than a strided walk per column).
         let mut col_sums = vec![0i64; hd - half];
@@ -324,16 +356,17 @@ pub fn selector_scores(
         for row in u.chunks_exact_mut(hd) {
             row[half..].copy_from_slice(&g);
         }
-        let f2 = linear_gelu_i8(threads, &hw.fc2, &u, live, hw.f2)?;
-        let f3 = linear_gelu_i8(threads, &hw.fc3, &f2, live, hw.f3)?;
-        let l = linear_q16(threads, &hw.fc4, &f3, live)?;
-        for (j, lj) in l.chunks_exact(2).enumerate() {
+        linear_gelu_into(threads, &hw.fc2, u, live, hw.f2, &mut s.acc, &mut s.f2)?;
+        linear_gelu_into(threads, &hw.fc3, &s.f2[..live * hw.fc2.out_features()], live, hw.f3, &mut s.acc, &mut s.f3)?;
+        linear_q16_into(threads, &hw.fc4, &s.f3[..live * hw.fc3.out_features()], live, &mut s.acc, &mut s.l)?;
+        for (j, lj) in s.l[..live * 2].chunks_exact(2).enumerate() {
             t[j * heads + h] = keep_score_q16(lj[0], lj[1]);
         }
     }
-    let gh = linear_gelu_i8(threads, &sel.gate_fc1, &means, live, sel.gate_hidden)?;
-    let ga = linear_q16(threads, &sel.gate_fc2, &gh, live)?;
-    let a: Vec<u32> = ga.iter().map(|&v| sigmoid_q16(v)).collect();
+    linear_gelu_into(threads, &sel.gate_fc1, means, live, sel.gate_hidden, &mut s.acc, &mut s.gh)?;
+    let gh = &s.gh[..live * sel.gate_fc1.out_features()];
+    linear_q16_into(threads, &sel.gate_fc2, gh, live, &mut s.acc, &mut s.ga)?;
+    let a: Vec<u32> = s.ga[..live * heads].iter().map(|&v| sigmoid_q16(v)).collect();
     Ok((0..live).map(|j| fuse_heads_q16(&a[j * heads..(j + 1) * heads], &t[j * heads..(j + 1) * heads])).collect())
 }
 
@@ -380,9 +413,13 @@ impl Backend for CpuInt8 {
     fn score(&mut self, stage: usize) -> Result<Vec<f32>, BackendError> {
         let (q, d, threads) = (Arc::clone(&self.q), self.model.config.embed_dim, self.threads);
         let sel = q.selectors.get(stage).ok_or_else(|| failed(format!("model has no selector for stage {stage}")))?;
-        let (x, layout) = self.state("score")?;
+        let (x, layout) = self
+            .state
+            .as_ref()
+            .ok_or_else(|| BackendError::Protocol { backend: Self::NAME, msg: "score before begin".into() })?;
         let live = layout.live;
-        let p = time(Op::Selector, || selector_scores(sel, x, d, live, threads))?;
+        let scratch = &mut self.sel_scratch;
+        let p = time(Op::Selector, || selector_scores(sel, x, d, live, threads, scratch))?;
         let out = p.iter().map(|&v| score_to_f32(v)).collect();
         self.last_scores = p;
         Ok(out)
