@@ -93,6 +93,9 @@ pub struct Scratch {
 #[derive(Default)]
 struct HeadScratch {
     qh: Vec<i8>,
+    /// This head's K and V, packed as GEMM weights (storage reused).
+    kp: PackedWeights,
+    vp: PackedWeights,
     logits: Vec<i32>,
     probs: Vec<i8>,
     pv: Vec<i32>,
@@ -174,21 +177,21 @@ fn head_ctx(
     s: &mut HeadScratch,
 ) -> Result<(), BackendError> {
     let qh = sized(&mut s.qh, rows * hd);
-    let (kp, vp) = time(Op::HeadPack, || {
+    let (kp, vp) = (&mut s.kp, &mut s.vp);
+    time(Op::HeadPack, || {
         for (dst, src) in qh.chunks_exact_mut(hd).zip(qkv.chunks_exact(3 * d)) {
             dst.copy_from_slice(&src[h * hd..(h + 1) * hd]);
         }
-        let kp = PackedWeights::new_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d);
-        let vp = PackedWeights::new_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d);
-        (kp, vp)
-    });
-    let (kp, vp) = (kp.map_err(gemm_err)?, vp.map_err(gemm_err)?);
+        kp.repack_strided(qkv.get(d + h * hd..).unwrap_or_default(), rows, hd, 3 * d)?;
+        vp.repack_transposed_strided(qkv.get(2 * d + h * hd..).unwrap_or_default(), rows, hd, 3 * d)
+    })
+    .map_err(gemm_err)?;
     let logits = sized(&mut s.logits, rows * rows);
-    time(Op::QkGemm, || gemm_i8_packed(rows, qh, &kp, logits)).map_err(gemm_err)?;
+    time(Op::QkGemm, || gemm_i8_packed(rows, qh, kp, logits)).map_err(gemm_err)?;
     let probs = sized(&mut s.probs, rows * rows);
     time(Op::Softmax, || attention::softmax_rows_i8(logits, rows, b.logits, probs));
     let pv = sized(&mut s.pv, rows * hd);
-    time(Op::PvGemm, || gemm_i8_packed(rows, probs, &vp, pv)).map_err(gemm_err)?;
+    time(Op::PvGemm, || gemm_i8_packed(rows, probs, vp, pv)).map_err(gemm_err)?;
     time(Op::PvRequant, || attention::requant_uniform_i8(pv, b.pv, sized(&mut s.ctx, rows * hd)));
     Ok(())
 }

@@ -36,8 +36,10 @@ pub enum GemmError {
 }
 
 /// An instruction set with an int8 GEMM kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Isa {
+    /// (The default only of an empty [`PackedWeights`], which `reset` replaces.)
+    #[default]
     Scalar,
     Avx2,
     Avx512Vnni,
@@ -124,7 +126,7 @@ pub fn selected_isa() -> Isa {
 
 /// Weights packed once for one kernel's layout (`n × k` in, see the arch modules for
 /// the packed order), with the per-channel `128 · Σ_k w` the VNNI kernel subtracts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PackedWeights {
     isa: Isa,
     n: usize,
@@ -164,6 +166,27 @@ impl PackedWeights {
         Self::pack_cols(selected_isa(), n, k, |t| &src[t * stride..t * stride + n])
     }
 
+    /// [`Self::new_strided`] into this value's storage, which is reused (no allocation
+    /// once it is large enough: one head's K, packed per image and block).
+    pub fn repack_strided(&mut self, src: &[i8], n: usize, k: usize, stride: usize) -> Result<(), GemmError> {
+        check_strided("w", src.len(), n, k, stride)?;
+        self.reset(selected_isa(), n, k)?;
+        self.fill_rows_any(|j| &src[j * stride..j * stride + k])
+    }
+
+    /// [`Self::new_transposed_strided`] into this value's storage, which is reused.
+    pub fn repack_transposed_strided(
+        &mut self,
+        src: &[i8],
+        k: usize,
+        n: usize,
+        stride: usize,
+    ) -> Result<(), GemmError> {
+        check_strided("w", src.len(), k, n, stride)?;
+        self.reset(selected_isa(), n, k)?;
+        self.fill_cols_any(|t| &src[t * stride..t * stride + n])
+    }
+
     /// Packs `w` (`[n, k]`) for a given kernel (tests and benchmarks compare kernels).
     pub fn with_isa(isa: Isa, w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
         check_len("w", w.len(), n * k, 0, k, n)?;
@@ -178,14 +201,19 @@ impl PackedWeights {
         row: impl Fn(usize) -> &'a [i8],
     ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
-        match isa.layout().0 {
-            1 => p.fill_rows::<1>(row),
-            2 => p.fill_rows::<2>(row),
-            4 => p.fill_rows::<4>(row),
-            16 => p.fill_rows::<16>(row),
-            kg => unreachable!("k-group of {kg}"),
-        }?;
+        p.fill_rows_any(row)?;
         Ok(p)
+    }
+
+    /// [`Self::fill_rows`] for this kernel's k-group.
+    fn fill_rows_any<'a>(&mut self, row: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        match self.isa.layout().0 {
+            1 => self.fill_rows::<1>(row),
+            2 => self.fill_rows::<2>(row),
+            4 => self.fill_rows::<4>(row),
+            16 => self.fill_rows::<16>(row),
+            kg => unreachable!("k-group of {kg}"),
+        }
     }
 
     /// [`Self::pack_rows`] for k-groups of `KG` (a constant, so that each group is one
@@ -227,14 +255,19 @@ impl PackedWeights {
         col: impl Fn(usize) -> &'a [i8],
     ) -> Result<PackedWeights, GemmError> {
         let mut p = Self::empty(isa, n, k)?;
-        match isa.layout().0 {
-            1 => p.fill_cols::<1>(col),
-            2 => p.fill_cols::<2>(col),
-            4 => p.fill_cols::<4>(col),
-            16 => p.fill_cols::<16>(col),
-            kg => unreachable!("k-group of {kg}"),
-        }?;
+        p.fill_cols_any(col)?;
         Ok(p)
+    }
+
+    /// [`Self::fill_cols`] for this kernel's k-group.
+    fn fill_cols_any<'a>(&mut self, col: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        match self.isa.layout().0 {
+            1 => self.fill_cols::<1>(col),
+            2 => self.fill_cols::<2>(col),
+            4 => self.fill_cols::<4>(col),
+            16 => self.fill_cols::<16>(col),
+            kg => unreachable!("k-group of {kg}"),
+        }
     }
 
     /// [`Self::pack_cols`] for k-groups of `KG`: one k-group (`KG` columns) at a time, each
@@ -293,6 +326,13 @@ impl PackedWeights {
 
     /// All-zero packed storage for `isa`'s layout (padding stays 0).
     fn empty(isa: Isa, n: usize, k: usize) -> Result<PackedWeights, GemmError> {
+        let mut p = PackedWeights::default();
+        p.reset(isa, n, k)?;
+        Ok(p)
+    }
+
+    /// Makes this value all-zero packed storage for `isa`'s layout, reusing its buffers.
+    fn reset(&mut self, isa: Isa, n: usize, k: usize) -> Result<(), GemmError> {
         if !isa.is_available() {
             return Err(GemmError::Unsupported { isa });
         }
@@ -302,8 +342,13 @@ impl PackedWeights {
         let (kg, nr) = isa.layout();
         let kp = k.div_ceil(kg) * kg;
         let np = n.div_ceil(nr) * nr;
-        let data = vec![0i8; if isa == Isa::Scalar { n * k } else { np * kp }];
-        Ok(PackedWeights { isa, n, k, kp, data, corr: vec![0; n] })
+        let len = if isa == Isa::Scalar { n * k } else { np * kp };
+        (self.isa, self.n, self.k, self.kp) = (isa, n, k, kp);
+        self.data.clear();
+        self.data.resize(len, 0);
+        self.corr.clear();
+        self.corr.resize(n, 0);
+        Ok(())
     }
 
     /// Packs for `isa`'s layout whether or not this CPU can run it, one element at a time

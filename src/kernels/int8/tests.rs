@@ -183,6 +183,23 @@ fn strided_packing_is_the_same_operand() {
     assert!(matches!(PackedWeights::new_strided(&qkv, 2, 5, 4), Err(GemmError::Shape { .. })));
 }
 
+/// Repacking into a reused value gives what packing afresh gives, whatever it held
+/// before (larger or smaller: the padding is zeroed again).
+#[test]
+fn repacking_into_reused_storage_is_packing_afresh() {
+    let pitch = 3 * 40;
+    let qkv = fill(70 * pitch, 13, -127, 127);
+    let (mut kp, mut vp) = (PackedWeights::default(), PackedWeights::default());
+    for (rows, hd, off) in [(70, 40, 40), (13, 10, 7), (1, 3, 0), (65, 33, 80), (5, 40, 2 * 40)] {
+        let src = &qkv[off..];
+        kp.repack_strided(src, rows, hd, pitch).unwrap();
+        vp.repack_transposed_strided(src, rows, hd, pitch).unwrap();
+        assert_eq!(kp, PackedWeights::new_strided(src, rows, hd, pitch).unwrap(), "K rows {rows} hd {hd}");
+        assert_eq!(vp, PackedWeights::new_transposed_strided(src, rows, hd, pitch).unwrap(), "V rows {rows} hd {hd}");
+    }
+    assert!(matches!(kp.repack_strided(&qkv[..10], 2, 5, 40), Err(GemmError::Shape { .. })));
+}
+
 #[test]
 fn peak_loops_do_the_work_they_are_credited_with() {
     for isa in simd_isas() {
