@@ -175,6 +175,10 @@ COMMANDS = [
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 "
     "--keep-targets 0.45,0.1 --stage-epochs 15,15 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
+    "# 27. (started, not finished) the dense control for run 25: the teacher trained 30 more epochs at peak "
+    "lr 5e-4, to tell the extra training from the pruning",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist27 --export-dir /tmp/fmnist27-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist25 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
