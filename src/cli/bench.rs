@@ -308,7 +308,7 @@ struct LutRow {
 }
 
 /// Times block 0 at decreasing token counts (the tokens are the embedded synthetic image,
-/// truncated), float or integer.
+/// truncated), float or integer; the integer block on reused buffers.
 fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
     use crate::model::{macs, vit};
     let cfg = &model.config;
@@ -322,6 +322,10 @@ fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
     let steps = 12usize;
     let mut counts: Vec<usize> = (0..=steps).map(|i| 1 + n0 - (n0 - 1) * i / steps).collect();
     counts.dedup();
+    // The integer block runs on buffers reused from run to run, as in the runtime (which
+    // keeps them from block to block and image to image): the table is the block's cost,
+    // not that of allocating its buffers.
+    let mut scratch = crate::backend::cpu_int8::Scratch::default();
     for &n in &counts {
         let mut times = Vec::with_capacity(args.runs);
         for run in 0..args.warmup + args.runs {
@@ -330,7 +334,8 @@ fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
                 let mut x = crate::backend::cpu_int8::embed(q, cfg, &image, args.model.threads as usize)?;
                 x.truncate(n * cfg.embed_dim);
                 let t = Instant::now();
-                crate::backend::cpu_int8::block(&q.blocks[0], cfg.num_heads, &mut x, n, args.model.threads as usize)?;
+                let threads = args.model.threads as usize;
+                crate::backend::cpu_int8::block_with(&q.blocks[0], cfg.num_heads, &mut x, n, threads, &mut scratch)?;
                 t.elapsed()
             } else {
                 let mut x = vit::embed(cfg, &model.weights, &image, &mut vit::NoObserver);
