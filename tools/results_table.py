@@ -5,6 +5,8 @@ Every figure comes from `heatvit-run eval --json` on the full test split (top-1,
 patch tokens per stage, MACs as % of dense, mean forward latency per image on 1 thread):
 
   the dense model (--dense-model: no selectors, the teacher the selector stages started from)
+  a dense control (--dense-control: the teacher trained further for as many epochs as the
+    selector stages took, so that the pruned model's extra training is not counted as a gain)
   the HeatViT model's own backbone with pruning off (float, --pruning none)
   HeatViT adaptive at each --thresholds value (float)
   DynamicViT-style top-k with the keep ratios matched to adaptive at --match (the mean
@@ -14,7 +16,7 @@ patch tokens per stage, MACs as % of dense, mean forward latency per image on 1 
 
 Usage:
   python3 tools/results_table.py --model models/fmnist-heatvit --qmodel models/fmnist-heatvit-int8 \
-      [--dense-model models/fmnist-deit-dense] --dataset /usr/share/datasets/fashion-mnist [--thresholds 0.4,0.5,0.6] [--match 0.5] \
+      [--dense-model models/fmnist-deit-dense] [--dense-control models/fmnist-deit-dense-control] --dataset /usr/share/datasets/fashion-mnist [--thresholds 0.4,0.5,0.6] [--match 0.5] \
       [--limit N] [--heatvit target/release/heatvit-run] [--json-out docs/results.json]
 Prints the markdown table on stdout.
 """
@@ -40,6 +42,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--qmodel")
     ap.add_argument("--dense-model", help="the dense model without selectors (the teacher)")
+    ap.add_argument("--dense-control", help="the teacher trained as long as the selector stages (no selectors)")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--thresholds", default="0.4,0.5,0.6")
     ap.add_argument("--match", type=float, default=0.5)
@@ -54,6 +57,9 @@ def main():
     if a.dense_model:
         rows.append(("dense model (no selectors; the teacher)", "float",
                      ev(a.heatvit, a.dense_model, a.dataset, a.limit, *f32, "--pruning", "none")))
+    if a.dense_control:
+        rows.append(("dense control (the teacher trained as long as the selector stage)", "float",
+                     ev(a.heatvit, a.dense_control, a.dataset, a.limit, *f32, "--pruning", "none")))
     rows.append(("HeatViT backbone, pruning off", "float",
                  ev(a.heatvit, a.model, a.dataset, a.limit, *f32, "--pruning", "none")))
     matched = None
