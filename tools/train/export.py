@@ -175,10 +175,21 @@ COMMANDS = [
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 "
     "--keep-targets 0.45,0.1 --stage-epochs 15,15 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
-    "# 27. (started, not finished) the dense control for run 25: the teacher trained 30 more epochs at peak "
-    "lr 5e-4, to tell the extra training from the pruning",
+    "# 27. the dense control for run 25 (models/fmnist-deit-dense-control): the teacher trained 30 more epochs "
+    "at peak lr 5e-4, as long as run 25's selector stage: 91.48%, 1.10 points above run 25",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist27 --export-dir /tmp/fmnist27-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist27 --out models/fmnist-deit-dense-control "
+    "--dense",
+    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense-control /work/runs/teacher27.pt",
+    "# 28. (started, not finished) run 25's recipe from run 27 as initialisation and teacher",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist28 --export-dir /tmp/fmnist28-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
+    "--stage-epochs 30 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
+    "--selector-weight-decay 0 --selector-init fan-in",
+    "# 29. (started, not finished) the dense control for run 28: run 27 trained 30 more epochs",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist29 --export-dir /tmp/fmnist29-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist25 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
@@ -305,6 +316,9 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
     earlier_s = sum(c.get("train_seconds", 0) for c in lineage)
     g = recipe["geometry"]
     name = "fmnist-heatvit" if mode != "none" else "fmnist-deit-dense"
+    base = os.path.basename(os.path.normpath(out_dir))
+    if base.startswith(name):
+        name = base  # e.g. fmnist-deit-dense-control
     desc = (f"DeiT-style ViT (D={g['embed_dim']}, depth {g['depth']}, {g['num_heads']} heads, "
             f"patch {g['patch_size']} on 28x28, {g['num_classes']} classes) trained from scratch on "
             "Fashion-MNIST")
