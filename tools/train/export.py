@@ -203,27 +203,25 @@ SCHEDULE_NOTES = {
                "to keep 0.57 of its input and collapsed it to keeping nothing: this one asks no "
                "selector for less than 0.615. `tools/schedule.py` (written afterwards) evaluates it on "
                "the keep-ratio → block-latency table measured by `heatvit-run bench --block-lut` and "
-               "ranks the alternatives for a latency budget: on the cpu-int8 table it predicts 53.2% of "
-               "the dense blocks' latency for this schedule (within a 55% budget) and would have "
-               "ranked [1, 2, 4] with 0.65/0.45/0.3 first (docs/results.md). The "
+               "ranks the alternatives for a latency budget: on the cpu-int8 table of 2026-11-24 it "
+               "predicts 54.7% of the dense blocks' latency for this schedule (within a 55% budget); "
+               "the ranking moves with each re-measured table (docs/results.md). The "
                "fabric's cycle model does not exist yet.",
     (2, 4): "- The schedule run 9's training drifted to, asked for directly (runs 11, 12, 14-20): run 9 "
             "had three selectors before blocks 1, 2, 4 with targets 0.65/0.40/0.30, and its first "
             "selector learnt to keep 98% of the patches, its second 45% and its third none. "
             "`tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl --depth 6 --n0 49 --stages 2 "
-            "--budget 0.55 --evaluate 2,4:0.45,0.1` predicts 53.8% of the dense blocks' latency "
-            "for it on the cpu-int8 table (within a 55% budget); the script's own ranking puts "
-            "gentler per-stage drops first ([1, 2] with 0.6/0.4), which were not trained "
+            "--budget 0.55 --evaluate 2,4:0.45,0.1` predicts 56.1% of the dense blocks' latency "
+            "for it on the cpu-int8 table of 2026-11-24 (53.8% on the previous one), just over a "
+            "55% budget; the script's own ranking puts gentler per-stage drops first, which were "
+            "not trained "
             "(docs/results.md). The fabric's cycle model does not exist yet.",
+    (2,): "- One selector before block 2 (runs 24, 25): run 24 showed that run 21's second selector "
+          "(before block 4) cost almost nothing and that the accuracy loss came from pruning at block 2, "
+          "so the whole budget is spent there. `tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl "
+          "--depth 6 --n0 49 --stages 1 --budget 0.55 --evaluate 2:0.28` gives its predicted latency on "
+          "the cpu-int8 table (docs/results.md). The fabric's cycle model does not exist yet.",
 }
-
-
-SCHEDULE_NOTES[(2,)] = (
-    "- One selector before block 2 (runs 24, 25): run 24 showed that run 21's second selector "
-    "(before block 4) cost almost nothing and that the accuracy loss came from pruning at block 2, "
-    "so the whole budget is spent there. `tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl "
-    "--depth 6 --n0 49 --stages 1 --budget 0.55 --evaluate 2:0.28` gives its predicted latency on "
-    "the cpu-int8 table (docs/results.md). The fabric's cycle model does not exist yet.")
 
 
 def _write(path, text_or_bytes):
