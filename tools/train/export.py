@@ -76,7 +76,8 @@ COMMANDS = [
     "--stage-epochs 4,4 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200",
     "# 13. a third cosine cycle of the dense model, 12 epochs at peak lr 3e-4 (2 torch threads, "
-    "34 minutes): 90.15%, the dense model models/fmnist-deit-dense and the teacher of runs 14-15",
+    "34 minutes): 90.15%, the dense model models/fmnist-deit-dense (until run 28 shipped; since then it is "
+    "in git history at 1db5c50) and the teacher of runs 14-26",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist13 --init-from "
     "/work/runs/fmnist2/dense_final.pt --dense-epochs 12 --dense-lr 3e-4 --dense-only --threads 2",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist13 --dense --out models/fmnist-deit-dense",
@@ -105,7 +106,8 @@ COMMANDS = [
     "--backbone-lr 5e-4 --backbone-warmup-steps 200",
     "# Runs 17-20 ran on a fresh machine without the run directories: the run-13 teacher comes from the "
     "committed dense model",
-    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense /work/runs/teacher13.pt",
+    "git archive 1db5c50 models/fmnist-deit-dense | tar -x -C /tmp && mv /tmp/models/fmnist-deit-dense /tmp/run13-dense",
+    "~/hvenv/bin/python tools/train/teacher_from_model.py /tmp/run13-dense /work/runs/teacher13.pt",
     "# 17. (not shipped) run 14 with stages 5/4 and no weight decay on the selectors: 88.60% at -45.7% MACs, "
     "both selectors alive and on their targets (0.448/0.100), but top-k at the targets is as good (88.73%)",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist17 --export-dir /tmp/fmnist17-model "
@@ -131,7 +133,7 @@ COMMANDS = [
     "--seed 2 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 --keep-targets 0.45,0.1 "
     "--stage-epochs 5,4 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
-    "# 21. the shipped model: run 19 with --seed 0: 88.86% at -46.2% MACs, kept 0.46/0.07 of the patches, "
+    "# 21. (shipped until run 25) run 19 with --seed 0: 88.86% at -46.2% MACs, kept 0.46/0.07 of the patches, "
     "top-k at the same keep 87.77%",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist21 --export-dir /tmp/fmnist21-model "
     "--seed 0 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 --keep-targets 0.45,0.1 "
@@ -162,7 +164,7 @@ COMMANDS = [
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
     "--stage-epochs 9 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
     "--selector-weight-decay 0 --selector-init fan-in",
-    "# 25. the shipped model: run 24's single selector before block 2 keeping 0.28, trained for 30 "
+    "# 25. (shipped until run 28) run 24's single selector before block 2 keeping 0.28, trained for 30 "
     "epochs instead of 9: 90.38% at -46.4% MACs (PyTorch exact evaluation), top-k at the same keep 90.01%",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist25 --export-dir /tmp/fmnist25-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
@@ -175,23 +177,27 @@ COMMANDS = [
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 0 --locations 2,4 "
     "--keep-targets 0.45,0.1 --stage-epochs 15,15 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
-    "# 27. the dense control for run 25 (models/fmnist-deit-dense-control): the teacher trained 30 more epochs "
-    "at peak lr 5e-4, as long as run 25's selector stage: 91.48%, 1.10 points above run 25",
+    "# 27. the dense control for run 25: the run-13 teacher trained 30 more epochs at peak lr 5e-4, as long "
+    "as run 25's selector stage: 91.48%, 1.10 points above run 25; since run 28 shipped it is the dense model "
+    "models/fmnist-deit-dense and the teacher of run 28",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist27 --export-dir /tmp/fmnist27-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
-    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist27 --out models/fmnist-deit-dense-control "
-    "--dense",
-    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense-control /work/runs/teacher27.pt",
-    "# 28. (not shipped) run 25's recipe from run 27 as initialisation and teacher: 91.04% at -46.93% MACs "
-    "(PyTorch exact evaluation), -0.44 points against run 27, -0.75 against run 29",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist27 --out models/fmnist-deit-dense --dense",
+    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense /work/runs/teacher27.pt",
+    "# 28. the shipped model: run 25's recipe from run 27 as initialisation and teacher: 91.04% at -46.93% MACs "
+    "(PyTorch exact evaluation), top-k at the same keep 90.79%; -0.44 points against run 27, -0.75 against "
+    "run 29",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist28 --export-dir /tmp/fmnist28-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
     "--stage-epochs 30 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
     "--selector-weight-decay 0 --selector-init fan-in",
-    "# 29. the dense control for run 28: run 27 trained 30 more epochs: 91.79% (not committed)",
+    "# 29. the dense control for run 28 (models/fmnist-deit-dense-control): run 27 trained 30 more epochs, as "
+    "long as run 28's selector stage: 91.79%",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist29 --export-dir /tmp/fmnist29-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
-    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist25 --out models/fmnist-heatvit",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist29 --out models/fmnist-deit-dense-control "
+    "--dense",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist28 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
 ]
@@ -216,7 +222,7 @@ SCHEDULE_NOTES = {
             "55% budget; the script's own ranking puts gentler per-stage drops first, which were "
             "not trained "
             "(docs/results.md). The fabric's cycle model does not exist yet.",
-    (2,): "- One selector before block 2 (runs 24, 25): run 24 showed that run 21's second selector "
+    (2,): "- One selector before block 2 (runs 24, 25, 28): run 24 showed that run 21's second selector "
           "(before block 4) cost almost nothing and that the accuracy loss came from pruning at block 2, "
           "so the whole budget is spent there. `tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl "
           "--depth 6 --n0 49 --stages 1 --budget 0.55 --evaluate 2:0.28` gives its predicted latency on "
@@ -328,6 +334,7 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
     card = {
         "name": name,
         "trained": True,
+        "run_dir": os.path.normpath(run_dir),  # where it trained: names it in later models' lineage
         "description": desc,
         "dataset": {"name": "Fashion-MNIST", "source": "Debian package dataset-fashion-mnist (MIT), "
                     "/usr/share/datasets/fashion-mnist/*-ubyte.gz",

@@ -42,7 +42,8 @@ def main():
         raise SystemExit(f"{card_path}: no recipe.geometry")
     HeatViT(locations=[], **geo).load_state_dict(sd, strict=True)
     dense_hist = [h for h in card.get("history", []) if h.get("phase") == "dense"]
-    own = {"run_dir": os.path.normpath(args.model_dir),  # its own cycle, from its card
+    # its own cycle, from its card, named by the run directory it trained in (older cards lack it)
+    own = {"run_dir": card.get("run_dir") or os.path.normpath(args.model_dir),
            "epochs": recipe.get("dense", {}).get("epochs"), "lr": recipe.get("dense", {}).get("lr"),
            "history": dense_hist,
            "train_seconds": max([h.get("train_seconds_total", 0) for h in dense_hist] or [0])}
