@@ -14,14 +14,14 @@ use heatvit::model::{Model, PruningMode};
 use heatvit::preprocess;
 
 // Measured on the subset when the model was committed (see the test output) minus a margin.
-// (500 images, run 28: backbone with pruning off 92.4%, adaptive 92.8% at 53.4% of the dense
-// MACs keeping 13.48 patch tokens after its one selector (0–32 per image); int8 adaptive
-// 92.6%, int8/float top-1 agreement 0.998.)
-const DENSE_MIN: f64 = 0.91;
+// (500 images, run 30: backbone with pruning off 91.4%, adaptive 92.6% at 53.1% of the dense
+// MACs keeping 13.24 patch tokens after its one selector (0–27 per image); int8 adaptive
+// 92.6%, int8/float top-1 agreement 0.984.)
+const DENSE_MIN: f64 = 0.90;
 const ADAPTIVE_MIN: f64 = 0.915;
 const MACS_PCT_MAX: f64 = 55.5;
 const INT8_MAX_DROP: f64 = 0.015;
-const INT8_MIN_AGREEMENT: f64 = 0.98;
+const INT8_MIN_AGREEMENT: f64 = 0.975;
 /// Mean patch tokens kept per stage (one selector before block 2), as a range around the
 /// committed model's figure. The selector must stay image-adaptive (checked below): runs 9
 /// and 12 each had a last selector that learnt to fold every patch into the package token.
@@ -96,8 +96,8 @@ fn shipped_model_is_the_trained_default() {
 
 /// The dense model the selector stage starts from and distils from (`models/fmnist-deit-dense`,
 /// no selectors) and the dense control (`models/fmnist-deit-dense-control`, the same trained as
-/// long as the selector stage): 92.6% and 92.2% on the subset when committed (runs 27 and 29,
-/// 91.48% and 91.79% on the 10k test images).
+/// long as the selector stage): 92.2% and 92.8% on the subset when committed (runs 29 and 31,
+/// 91.79% and 92.19% on the 10k test images).
 const TEACHER_MIN: f64 = 0.91;
 
 #[test]

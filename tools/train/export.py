@@ -178,26 +178,39 @@ COMMANDS = [
     "--keep-targets 0.45,0.1 --stage-epochs 15,15 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 "
     "--backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
     "# 27. the dense control for run 25: the run-13 teacher trained 30 more epochs at peak lr 5e-4, as long "
-    "as run 25's selector stage: 91.48%, 1.10 points above run 25; since run 28 shipped it is the dense model "
-    "models/fmnist-deit-dense and the teacher of run 28",
+    "as run 25's selector stage: 91.48%, 1.10 points above run 25; the teacher of run 28 (the dense model "
+    "models/fmnist-deit-dense while run 28 was shipped)",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist27 --export-dir /tmp/fmnist27-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher13.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist27 --out models/fmnist-deit-dense --dense",
     "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense /work/runs/teacher27.pt",
-    "# 28. the shipped model: run 25's recipe from run 27 as initialisation and teacher: 91.04% at -46.93% MACs "
-    "(PyTorch exact evaluation), top-k at the same keep 90.79%; -0.44 points against run 27, -0.75 against "
+    "# 28. (shipped until run 30) run 25's recipe from run 27 as initialisation and teacher: 91.04% at -46.93% "
+    "MACs (PyTorch exact evaluation), top-k at the same keep 90.79%; -0.44 points against run 27, -0.75 against "
     "run 29",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist28 --export-dir /tmp/fmnist28-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
     "--stage-epochs 30 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
     "--selector-weight-decay 0 --selector-init fan-in",
-    "# 29. the dense control for run 28 (models/fmnist-deit-dense-control): run 27 trained 30 more epochs, as "
-    "long as run 28's selector stage: 91.79%",
+    "# 29. the dense control for run 28: run 27 trained 30 more epochs, as long as run 28's selector stage: "
+    "91.79%; since run 30 shipped it is the dense model models/fmnist-deit-dense and the teacher of run 30",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist29 --export-dir /tmp/fmnist29-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher27.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
-    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist29 --out models/fmnist-deit-dense-control "
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist29 --out models/fmnist-deit-dense --dense",
+    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense /work/runs/teacher29.pt",
+    "# 30. the shipped model: run 28's recipe from run 29 as initialisation and teacher: 91.34% at -47.08% MACs "
+    "(PyTorch exact evaluation), top-k at the same keep 91.16%; -0.45 points against run 29, -0.85 against "
+    "run 31",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist30 --export-dir /tmp/fmnist30-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher29.pt --dense-epochs 0 --locations 2 --keep-targets 0.28 "
+    "--stage-epochs 30 --calib-weight 1.0 --detach-selector-input --backbone-lr 5e-4 --backbone-warmup-steps 200 "
+    "--selector-weight-decay 0 --selector-init fan-in",
+    "# 31. the dense control for run 30 (models/fmnist-deit-dense-control): run 29 trained 30 more epochs, as "
+    "long as run 30's selector stage: 92.19%",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist31 --export-dir /tmp/fmnist31-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher29.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist31 --out models/fmnist-deit-dense-control "
     "--dense",
-    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist28 --out models/fmnist-heatvit",
+    "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist30 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
 ]
@@ -222,7 +235,7 @@ SCHEDULE_NOTES = {
             "55% budget; the script's own ranking puts gentler per-stage drops first, which were "
             "not trained "
             "(docs/results.md). The fabric's cycle model does not exist yet.",
-    (2,): "- One selector before block 2 (runs 24, 25, 28): run 24 showed that run 21's second selector "
+    (2,): "- One selector before block 2 (runs 24, 25, 28, 30): run 24 showed that run 21's second selector "
           "(before block 4) cost almost nothing and that the accuracy loss came from pruning at block 2, "
           "so the whole budget is spent there. `tools/schedule.py --lut docs/block-lut-cpu-int8.jsonl "
           "--depth 6 --n0 49 --stages 1 --budget 0.55 --evaluate 2:0.28` gives its predicted latency on "
