@@ -274,7 +274,16 @@ fn broken_quantized_models_are_refused_with_a_named_problem() {
             "unexpected",
         ),
         ("wrong format", Box::new(|_, m| drop(m.insert("format".into(), "onnx".into()))), "format"),
-        ("future version", Box::new(|_, m| drop(m.insert("version".into(), "2".into()))), "version"),
+        ("future version", Box::new(|_, m| drop(m.insert("version".into(), "3".into()))), "version"),
+        // A version-1 file (GELUs from Q·.16, no GELU-input scales) is told to re-quantise.
+        ("version 1", Box::new(|_, m| drop(m.insert("version".into(), "1".into()))), "quantise the model again"),
+        (
+            "GELU-input scale missing",
+            Box::new(|t, _| drop(t.remove("scale.selectors.0.heads.1.f2_in"))),
+            "scale.selectors.0.heads.1.f2_in",
+        ),
+        // Beyond 2^30/2^16 a GELU input scale has no multiplier into Q·.16.
+        ("GELU-input scale out of range", Box::new(|t, _| set_scale(t, "scale.blocks.1.hidden_in", 1e5)), "outside"),
     ];
     for (what, edit, want) in cases {
         let dir = broken(|t, m| edit(t, m));

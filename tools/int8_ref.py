@@ -270,8 +270,18 @@ class Linear:
         return (self.acc(a).astype(np.float64) * self.acc_scale).astype(np.float32)
 
 
-def gelu_i8(q16, mult_to_i8: Mult):
-    return sat(mult_to_i8.apply(gelu_q16(q16)), I8_MAX)
+class Gelu8:
+    """§4.1 (format version 2): the int8 GELU from the GELU-input point `p_in` to the
+    output point `p`: each int8 input into Q.16 (s_in / 2^-16), i-GELU, then to int8 at
+    s_out. Evaluated element by element here (the runtime tabulates it per layer)."""
+
+    def __init__(self, s_in, s_out):
+        self.to_q16 = Mult([float(np.float32(s_in)) / (1.0 / 65536.0)])
+        self.to_i8 = q16_to(s_out)
+
+    def __call__(self, q):
+        assert np.all(np.abs(np.asarray(q)) <= I8_MAX), "GELU input is not int8"
+        return sat(self.to_i8.apply(gelu_q16(sat(self.to_q16.apply(q), I32_MAX))), I8_MAX)
 
 
 def q16_to(s_out):
@@ -303,8 +313,8 @@ class Model:
         self.int8_path = path
         with safe_open(path, framework="numpy") as f:
             md = f.metadata() or {}
-            if md.get("format") != "heatvit-int8" or md.get("version") != "1":
-                raise ValueError(f"{path}: metadata {md}, expected format heatvit-int8 version 1")
+            if md.get("format") != "heatvit-int8" or md.get("version") != "2":
+                raise ValueError(f"{path}: metadata {md}, expected format heatvit-int8 version 2")
             st = {k: f.get_tensor(k) for k in f.keys()}
         self.st = st
         self.used = set()
@@ -378,8 +388,8 @@ class Model:
                 "proj": self.lin(n("attn.proj"), n("ctx"), out_scales=sc(n("res_attn"))),
                 "res1": ratio(s_in, sc(n("res_attn"))),
                 "norm2": self.ln(n("norm2"), sc(n("res_attn")), n("norm2")),
-                "fc1": self.lin(n("mlp.fc1"), n("norm2"), q16=True),
-                "hidden": q16_to(sc(n("hidden"))),
+                "fc1": self.lin(n("mlp.fc1"), n("norm2"), out_scales=sc(n("hidden_in"))),
+                "hidden": Gelu8(sc(n("hidden_in")), sc(n("hidden"))),
                 "fc2": self.lin(n("mlp.fc2"), n("hidden"), out_scales=sc(n("res_mlp"))),
                 "res2": ratio(sc(n("res_attn")), sc(n("res_mlp"))),
             }
@@ -394,20 +404,20 @@ class Model:
                     n = lambda x: f"selectors.{s}.heads.{h}.{x}"  # noqa: E731
                     heads.append({
                         "norm": self.ln(n("norm"), s_res, n("norm")),
-                        "fc1": self.lin(n("fc1"), n("norm"), q16=True),
-                        "u": q16_to(sc(n("u"))),
-                        "fc2": self.lin(n("fc2"), n("u"), q16=True),
-                        "f2": q16_to(sc(n("f2"))),
-                        "fc3": self.lin(n("fc3"), n("f2"), q16=True),
-                        "f3": q16_to(sc(n("f3"))),
+                        "fc1": self.lin(n("fc1"), n("norm"), out_scales=sc(n("u_in"))),
+                        "u": Gelu8(sc(n("u_in")), sc(n("u"))),
+                        "fc2": self.lin(n("fc2"), n("u"), out_scales=sc(n("f2_in"))),
+                        "f2": Gelu8(sc(n("f2_in")), sc(n("f2"))),
+                        "fc3": self.lin(n("fc3"), n("f2"), out_scales=sc(n("f3_in"))),
+                        "f3": Gelu8(sc(n("f3_in")), sc(n("f3"))),
                         "fc4": self.lin(n("fc4"), n("f3"), q16=True),
                     })
                 n = lambda x: f"selectors.{s}.{x}"  # noqa: E731
                 self.selectors.append({
                     "heads": heads,
                     "gate_in": ratio(s_res, sc(n("gate_in"))),
-                    "gate_fc1": self.lin(n("gate.fc1"), n("gate_in"), q16=True),
-                    "gate_hidden": q16_to(sc(n("gate_hidden"))),
+                    "gate_fc1": self.lin(n("gate.fc1"), n("gate_in"), out_scales=sc(n("gate_hidden_in"))),
+                    "gate_hidden": Gelu8(sc(n("gate_hidden_in")), sc(n("gate_hidden"))),
                     "gate_fc2": self.lin(n("gate.fc2"), n("gate_hidden"), q16=True),
                 })
         self.norm = self.ln("norm", sc(self.residual_before(self.depth)), "norm")
@@ -469,7 +479,7 @@ class Model:
             ctx[:, h * hd:(h + 1) * hd] = sat(b["pv"].apply(pv), I8_MAX)
         x = sat(b["proj"].mult.apply(b["proj"].acc(ctx)) + b["res1"].apply(x), I16_MAX)
         y = b["norm2"](x)
-        hid = gelu_i8(b["fc1"].to_q16(y), b["hidden"])
+        hid = b["hidden"](b["fc1"].to_i8(y))
         x = sat(b["fc2"].mult.apply(b["fc2"].acc(hid)) + b["res2"].apply(x), I16_MAX)
         return x
 
@@ -482,16 +492,16 @@ class Model:
         for h, hw in enumerate(sel["heads"]):
             Xh = X[:, h * hd:(h + 1) * hd]
             means[:, h] = sat(sel["gate_in"].apply(div_round(Xh.sum(axis=1), hd)), I8_MAX)
-            u = gelu_i8(hw["fc1"].to_q16(hw["norm"](Xh)), hw["u"])
+            u = hw["u"](hw["fc1"].to_i8(hw["norm"](Xh)))
             half = hd // 2
             glob = sat(div_round(u[:, half:].sum(axis=0), n), I8_MAX)
             u = u.copy()
             u[:, half:] = glob[None, :]
-            f2 = gelu_i8(hw["fc2"].to_q16(u), hw["f2"])
-            f3 = gelu_i8(hw["fc3"].to_q16(f2), hw["f3"])
+            f2 = hw["f2"](hw["fc2"].to_i8(u))
+            f3 = hw["f3"](hw["fc3"].to_i8(f2))
             lg = hw["fc4"].to_q16(f3)
             T[:, h] = softmax_q16(lg)[:, 0]  # column 0 = keep
-        gh = gelu_i8(sel["gate_fc1"].to_q16(means), sel["gate_hidden"])
+        gh = sel["gate_hidden"](sel["gate_fc1"].to_i8(means))
         a = sigmoid_q16(sel["gate_fc2"].to_q16(gh))
         num = (a * T).sum(axis=1)
         den = a.sum(axis=1)

@@ -18,6 +18,7 @@ use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
 use crate::quant::fixed::{div_round, sat_i8};
+use crate::quant::gelu::GeluTable;
 use crate::quant::model::{QBlock, QLinear, QSelector, QuantModel};
 use crate::quant::select::{fuse_heads_q16, keep_score_q16, package_i16, score_to_f32};
 use crate::quant::sigmoid::sigmoid_q16;
@@ -260,7 +261,7 @@ pub fn block_with(
     let acc = sized(&mut s.acc, rows * hidden);
     time(Op::Fc1Gemm, || gemm_into(threads, &b.fc1.packed, y, rows, acc))?;
     let hid = sized(&mut s.hid, rows * hidden);
-    time(Op::Gelu, || epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, b.hidden, hid));
+    time(Op::Gelu, || epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, &b.hidden, hid));
     let acc = sized(&mut s.acc, rows * d);
     time(Op::Fc2Gemm, || gemm_into(threads, &b.fc2.packed, hid, rows, acc))?;
     time(Op::Residual, || epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x));
@@ -283,21 +284,21 @@ pub struct SelectorScratch {
     ga: Vec<i32>,
 }
 
-/// A Linear layer on `m` rows into Q·.16, then GELU, then int8 through `to_i8`, into
-/// `out` (resized; the accumulators in `acc`).
+/// A Linear layer on `m` rows into its int8 GELU input, then the GELU table, into `out`
+/// (resized; the accumulators in `acc`).
 fn linear_gelu_into(
     threads: usize,
     l: &QLinear,
     a: &[i8],
     m: usize,
-    to_i8: crate::quant::Multiplier,
+    gelu: &GeluTable,
     acc: &mut Vec<i32>,
     out: &mut Vec<i8>,
 ) -> Result<(), BackendError> {
     let n = l.out_features();
     let acc = sized(acc, m * n);
     gemm_into(threads, &l.packed, a, m, acc)?;
-    epilogue::requant_gelu_i8(acc, &l.bias, &l.requant, to_i8, sized(out, m * n));
+    epilogue::requant_gelu_i8(acc, &l.bias, &l.requant, gelu, sized(out, m * n));
     Ok(())
 }
 
@@ -345,7 +346,7 @@ pub fn selector_scores(
         }
         let y = sized(&mut s.y, live * hd);
         hw.norm.apply(xh, y);
-        linear_gelu_into(threads, &hw.fc1, y, live, hw.u, &mut s.acc, &mut s.u)?;
+        linear_gelu_into(threads, &hw.fc1, y, live, &hw.u, &mut s.acc, &mut s.u)?;
         let u = &mut s.u[..live * hd];
         let half = hd / 2;
         // Column sums row by row (contiguous rows rather than a strided walk per column).
@@ -359,14 +360,14 @@ pub fn selector_scores(
         for row in u.chunks_exact_mut(hd) {
             row[half..].copy_from_slice(&g);
         }
-        linear_gelu_into(threads, &hw.fc2, u, live, hw.f2, &mut s.acc, &mut s.f2)?;
-        linear_gelu_into(threads, &hw.fc3, &s.f2[..live * hw.fc2.out_features()], live, hw.f3, &mut s.acc, &mut s.f3)?;
+        linear_gelu_into(threads, &hw.fc2, u, live, &hw.f2, &mut s.acc, &mut s.f2)?;
+        linear_gelu_into(threads, &hw.fc3, &s.f2[..live * hw.fc2.out_features()], live, &hw.f3, &mut s.acc, &mut s.f3)?;
         linear_q16_into(threads, &hw.fc4, &s.f3[..live * hw.fc3.out_features()], live, &mut s.acc, &mut s.l)?;
         for (j, lj) in s.l[..live * 2].chunks_exact(2).enumerate() {
             t[j * heads + h] = keep_score_q16(lj[0], lj[1]);
         }
     }
-    linear_gelu_into(threads, &sel.gate_fc1, means, live, sel.gate_hidden, &mut s.acc, &mut s.gh)?;
+    linear_gelu_into(threads, &sel.gate_fc1, means, live, &sel.gate_hidden, &mut s.acc, &mut s.gh)?;
     let gh = &s.gh[..live * sel.gate_fc1.out_features()];
     linear_q16_into(threads, &sel.gate_fc2, gh, live, &mut s.acc, &mut s.ga)?;
     let a: Vec<u32> = s.ga[..live * heads].iter().map(|&v| sigmoid_q16(v)).collect();

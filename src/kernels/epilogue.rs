@@ -1,13 +1,14 @@
 //! What follows an int8 GEMM: per-channel requantisation of the int32 accumulators into
-//! int8, into Q·.16 then i-GELU then int8, or onto the int16 residual stream
-//! (`docs/integer-format.md` §2, §4.1). Plain integer code; on x86-64 the same code is
-//! also compiled with AVX2 enabled (`arch::x86_64::epilogue`) and chosen at run time, which
-//! lets the compiler vectorise it. The integer operations are identical, so the results
-//! are bit for bit the same (tested below).
+//! int8 (then, for a GELU layer, the layer's int8 → int8 GELU table), into Q·.16, or onto
+//! the int16 residual stream (`docs/integer-format.md` §2, §4.1). Plain integer code; on
+//! x86-64 the same code is also compiled with AVX2 enabled (`arch::x86_64::epilogue`) and
+//! chosen at run time, which lets the compiler vectorise it, and the int8 requantisation,
+//! the residual add and the table lookup have AVX-512 intrinsics. The integer operations
+//! are identical, so the results are bit for bit the same (tested below).
 #![forbid(unsafe_code)]
 
 use crate::quant::fixed::{residual_add, sat_i32, sat_i8};
-use crate::quant::gelu::{gelu_q16, Delta1};
+use crate::quant::gelu::GeluTable;
 use crate::quant::Multiplier;
 
 /// `out[i] = quantize_i8(x[i], scale)`: the image's (or any f32 tensor's) int8 quantisation.
@@ -45,13 +46,26 @@ pub fn requant_i32(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut 
     requant_i32_generic(acc, bias, requant, out)
 }
 
-/// `out[r, o] = to_i8(gelu_q16(sat32(requant[o](acc[r, o] + bias[o]))))`.
-pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
+/// `out[r, o] = gelu[sat8(requant[o](acc[r, o] + bias[o]))]`: the int8 GELU input (the
+/// layer's GELU-input scale), then the layer's table (§4.1).
+pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], gelu: &GeluTable, out: &mut [i8]) {
+    requant_i8(acc, bias, requant, out);
+    gelu_table_i8(gelu, out);
+}
+
+/// `x[i] = gelu[x[i]]` for every byte.
+pub fn gelu_table_i8(gelu: &GeluTable, x: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
-    if super::arch::x86_64::epilogue::available() {
-        return super::arch::x86_64::epilogue::requant_gelu_i8(acc, bias, requant, to_i8, out);
+    if super::arch::x86_64::epilogue::vbmi_available() {
+        return super::arch::x86_64::epilogue::gelu_table_i8(gelu, x);
     }
-    requant_gelu_i8_generic(acc, bias, requant, to_i8, out)
+    gelu_table_i8_generic(gelu, x)
+}
+
+pub(crate) fn gelu_table_i8_generic(gelu: &GeluTable, x: &mut [i8]) {
+    for v in x {
+        *v = gelu.get(*v);
+    }
 }
 
 /// `x[r, o] = residual_add(acc[r, o] + bias[o], requant[o], x[r, o], rescale)`.
@@ -93,32 +107,6 @@ pub(crate) fn requant_i32_generic(acc: &[i32], bias: &[i32], requant: &[Multipli
     for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         for (((o, &a), &b), m) in orow.iter_mut().zip(arow).zip(bias).zip(requant) {
             *o = sat_i32(m.apply(a + b));
-        }
-    }
-}
-
-#[inline(always)]
-pub(crate) fn requant_gelu_i8_generic(
-    acc: &[i32],
-    bias: &[i32],
-    requant: &[Multiplier],
-    to_i8: Multiplier,
-    out: &mut [i8],
-) {
-    check(acc.len(), out.len(), requant.len(), bias.len());
-    let n = requant.len();
-    if n == 0 {
-        return;
-    }
-    // Two passes over a row (requantise, then GELU + narrow) keep each loop simple enough
-    // to vectorise.
-    let mut q = vec![0i32; n];
-    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        for (((o, &a), &b), m) in q.iter_mut().zip(arow).zip(bias).zip(requant) {
-            *o = sat_i32(m.apply(a + b));
-        }
-        for (o, &v) in orow.iter_mut().zip(&q) {
-            *o = to_i8.to_i8(gelu_q16(v, Delta1::OFF));
         }
     }
 }
@@ -166,37 +154,6 @@ mod tests {
         ]
     }
 
-    /// The vector i-GELUs (8 and 16 lanes) against `gelu_q16` on every Q·.16 input in ±8 (where the
-    /// function bends), a stride through all of int32, and the ends.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn gelu_lanes_equal_gelu_q16_over_the_int32_range() {
-        use crate::kernels::arch::x86_64::epilogue::{available, avx512_available, gelu_q16_x16_lanes, gelu_q16_x8};
-        if !available() {
-            eprintln!("skipped: no AVX2 on this CPU");
-            return;
-        }
-        let xs: Vec<i32> = (-(8 << 16)..=(8 << 16))
-            .chain((i32::MIN + 1..=i32::MAX).step_by(4099))
-            .chain([-i32::MAX, i32::MAX, -i32::MAX + 1, i32::MAX - 1, 115933, -115933, 163955, -163955])
-            .collect();
-        for c in xs.chunks(16) {
-            let mut lanes = [0i32; 16];
-            lanes[..c.len()].copy_from_slice(c);
-            for half in lanes.chunks_exact(8) {
-                let h: [i32; 8] = half.try_into().unwrap();
-                for (g, &x) in gelu_q16_x8(h).iter().zip(&h) {
-                    assert_eq!(*g, gelu_q16(x, Delta1::OFF), "8 lanes: gelu_q16({x})");
-                }
-            }
-            if avx512_available() {
-                for (g, &x) in gelu_q16_x16_lanes(lanes).iter().zip(&lanes) {
-                    assert_eq!(*g, gelu_q16(x, Delta1::OFF), "16 lanes: gelu_q16({x})");
-                }
-            }
-        }
-    }
-
     /// The AVX-512 LayerNorm's output rounding against `round_half_up_to_i8` on every
     /// half-step in ±300 and its neighbouring floats, random bit patterns and the specials.
     #[cfg(target_arch = "x86_64")]
@@ -230,40 +187,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gelu_epilogue_named_cases_equal_the_generic_code() {
-        let one = Multiplier::from_ratio(1.0).unwrap();
-        let to8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.05).unwrap();
-        let big = Multiplier { m: i32::MAX, shift: 1 };
-        let acc: Vec<i32> = [i32::MIN, i32::MAX, 0, 1, -1, 115933, -115933, 1 << 20, -(1 << 20)].repeat(3);
-        for (n, m, t) in [(9, one, to8), (9, big, to8), (3, big, big), (27, one, Multiplier { m: i32::MIN, shift: 62 })]
-        {
-            let req = vec![m; n];
-            let bias = vec![0; n];
-            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
-            requant_gelu_i8(&acc, &bias, &req, t, &mut a);
-            requant_gelu_i8_generic(&acc, &bias, &req, t, &mut b);
-            assert_eq!(a, b, "n {n} m {m:?} to_i8 {t:?}");
+    /// A table whose every entry differs from its neighbours' (so a lane that reads the
+    /// wrong entry shows), and one made by the format (`GeluTable::new`).
+    fn tables() -> Vec<GeluTable> {
+        let mut t = [0i8; 256];
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = (i as u8).wrapping_mul(167).wrapping_add(13) as i8;
         }
-        requant_gelu_i8(&[], &[], &[], to8, &mut []);
+        let to_q16 = Multiplier::from_ratio(0.05 * 65536.0).unwrap();
+        let to_i8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.04).unwrap();
+        vec![GeluTable(t), GeluTable::new(to_q16, to_i8)]
     }
 
-    proptest! {
-        // The hand-written AVX2 GELU epilogue equals the generic code for any multipliers
-        // and in-range accumulators, rows of any width (tails of 1..7 channels included).
-        #[test]
-        fn gelu_epilogue_equals_the_generic_code(
-            (acc, bias, m) in (1usize..100, 1usize..4).prop_flat_map(|(n, rows)| (
-                prop::collection::vec(acc_value(), n * rows),
-                prop::collection::vec(acc_value(), n),
-                prop::collection::vec(requant_multiplier(), n),
-            )),
-            to8 in prop_oneof![(1e-7f64..1e-2).prop_map(|r| Multiplier::from_ratio(r).unwrap()), any_multiplier()],
-        ) {
-            let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
-            requant_gelu_i8(&acc, &bias, &m, to8, &mut a);
-            requant_gelu_i8_generic(&acc, &bias, &m, to8, &mut b);
-            prop_assert_eq!(a, b);
+    #[test]
+    fn gelu_table_lookup_equals_the_generic_code_on_every_byte_and_length() {
+        let all: Vec<i8> = (0..=255u8).map(|b| b as i8).collect();
+        for t in tables() {
+            // Every byte value in every lane position, and every length up to 3 vectors
+            // (whole and partial 64-byte vectors).
+            for len in 0..=200 {
+                for rot in [0usize, 1, 63, 64, 100] {
+                    let x: Vec<i8> = (0..len).map(|i| all[(i * 7 + rot) % 256]).collect();
+                    let (mut a, mut b) = (x.clone(), x);
+                    gelu_table_i8(&t, &mut a);
+                    gelu_table_i8_generic(&t, &mut b);
+                    assert_eq!(a, b, "len {len} rot {rot}");
+                }
+            }
         }
     }
 
@@ -303,14 +253,16 @@ mod tests {
             let acc: Vec<i32> = (0..rows * n).map(|i| acc_seed.wrapping_mul(i as i32 + 1).wrapping_add(i as i32 * 7919) >> 2).collect();
             let bias: Vec<i32> = (0..n).map(|i| (i as i32 - 30) * 1000).collect();
             let m = mults(n, seed);
-            let to8 = Multiplier::from_ratio(1.0 / 65536.0 / 0.05).unwrap();
             let (mut a, mut b) = (vec![0i8; acc.len()], vec![0i8; acc.len()]);
             requant_i8(&acc, &bias, &m, &mut a);
             requant_i8_generic(&acc, &bias, &m, &mut b);
             prop_assert_eq!(&a, &b);
-            requant_gelu_i8(&acc, &bias, &m, to8, &mut a);
-            requant_gelu_i8_generic(&acc, &bias, &m, to8, &mut b);
-            prop_assert_eq!(&a, &b);
+            for t in tables() {
+                requant_gelu_i8(&acc, &bias, &m, &t, &mut a);
+                requant_i8_generic(&acc, &bias, &m, &mut b);
+                gelu_table_i8_generic(&t, &mut b);
+                prop_assert_eq!(&a, &b);
+            }
             let (mut c, mut d) = (vec![0i32; acc.len()], vec![0i32; acc.len()]);
             requant_i32(&acc, &bias, &m, &mut c);
             requant_i32_generic(&acc, &bias, &m, &mut d);

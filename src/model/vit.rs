@@ -18,8 +18,9 @@ pub struct Tokens {
 /// Sees the float activations at the points where the integer format needs a scale
 /// (`docs/integer-format.md` §7): calibration implements it; inference passes
 /// [`NoObserver`]. Names are `image`, `embed`, `blocks.{i}.{norm1,q,k,v,ctx,res_attn,norm2,
-/// hidden,res_mlp}`, `selectors.{s}.heads.{h}.{norm,u,f2,f3}`, `selectors.{s}.{gate_in,
-/// gate_hidden}` and `norm`.
+/// hidden_in,hidden,res_mlp}`, `selectors.{s}.heads.{h}.{norm,u_in,u,f2_in,f2,f3_in,f3}`,
+/// `selectors.{s}.{gate_in,gate_hidden_in,gate_hidden}` and `norm` (`X_in` is the input of
+/// the GELU whose output is `X`).
 pub trait Observer {
     /// Whether [`Observer::see`] wants to be called (saves building the names).
     fn active(&self) -> bool;
@@ -161,6 +162,7 @@ pub fn block(cfg: &Config, b: &BlockWeights, index: usize, x: &mut Tokens, obs: 
     let y = apply_norm(&b.norm2, &x.data, eps);
     note(obs, || format!("blocks.{index}.norm2"), &y);
     let mut hid = apply_linear(&b.fc1, &y, n);
+    note(obs, || format!("blocks.{index}.hidden_in"), &hid);
     kernels::gelu_inplace(&mut hid);
     note(obs, || format!("blocks.{index}.hidden"), &hid);
     let out = apply_linear(&b.fc2, &hid, n);
@@ -200,6 +202,7 @@ pub fn selector_scores(
         let y = apply_norm(&hw.norm, &xh, eps);
         note(obs, || format!("selectors.{stage}.heads.{head}.norm"), &y);
         let mut u = apply_linear(&hw.fc1, &y, live);
+        note(obs, || format!("selectors.{stage}.heads.{head}.u_in"), &u);
         kernels::gelu_inplace(&mut u);
         note(obs, || format!("selectors.{stage}.heads.{head}.u"), &u);
         // Global half: mean over the live tokens, broadcast to every row.
@@ -217,9 +220,11 @@ pub fn selector_scores(
             row[half..].copy_from_slice(&global);
         }
         let mut f2 = apply_linear(&hw.fc2, &u, live);
+        note(obs, || format!("selectors.{stage}.heads.{head}.f2_in"), &f2);
         kernels::gelu_inplace(&mut f2);
         note(obs, || format!("selectors.{stage}.heads.{head}.f2"), &f2);
         let mut f3 = apply_linear(&hw.fc3, &f2, live);
+        note(obs, || format!("selectors.{stage}.heads.{head}.f3_in"), &f3);
         kernels::gelu_inplace(&mut f3);
         note(obs, || format!("selectors.{stage}.heads.{head}.f3"), &f3);
         let logits = apply_linear(&hw.fc4, &f3, live);
@@ -232,6 +237,7 @@ pub fn selector_scores(
     // Head-importance gate and fusion.
     note(obs, || format!("selectors.{stage}.gate_in"), &means);
     let mut a = apply_linear(&sel.gate_fc1, &means, live);
+    note(obs, || format!("selectors.{stage}.gate_hidden_in"), &a);
     kernels::gelu_inplace(&mut a);
     note(obs, || format!("selectors.{stage}.gate_hidden"), &a);
     let a = apply_linear(&sel.gate_fc2, &a, live);

@@ -1,10 +1,12 @@
-//! Calibration: the float model runs on real images while an observer records the largest
-//! magnitude at every activation point; the scales follow (`docs/integer-format.md` §7).
+//! Calibration: the float model runs on real images while an observer records the smallest
+//! and largest value at every activation point; the scales follow
+//! (`docs/integer-format.md` §7).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::gelu::GELU_ZERO_FROM;
 use super::model::{scale_points, PointKind, QuantModel};
 use super::tensor::scale_for_max_abs;
 use crate::model::vit::Observer;
@@ -15,9 +17,10 @@ use crate::model::Config;
 /// fifteen buys a factor of two).
 pub const RESIDUAL_HEADROOM: f32 = 2.0;
 
-/// Largest |x| seen at each point, shared with the observer inside the float backend.
+/// The smallest and largest value seen at each point, shared with the observer inside the
+/// float backend.
 #[derive(Debug, Clone, Default)]
-pub struct Ranges(Arc<Mutex<BTreeMap<String, f32>>>);
+pub struct Ranges(Arc<Mutex<BTreeMap<String, (f32, f32)>>>);
 
 impl Ranges {
     pub fn new() -> Ranges {
@@ -29,23 +32,29 @@ impl Ranges {
         Box::new(RangeObserver(self.clone()))
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, f32> {
+    /// `(min, max)` per point seen so far.
+    pub fn snapshot(&self) -> BTreeMap<String, (f32, f32)> {
         self.0.lock().expect("ranges lock").clone()
     }
 
-    /// The scale of every point of `cfg`: int8 points `max/127`, int16 points
-    /// `RESIDUAL_HEADROOM·max/32767`. A point never reached (e.g. a selector stage
-    /// that no calibration image got to) is an error naming it.
+    /// The scale of every point of `cfg`: int8 points `max|x|/127`; GELU inputs
+    /// `max(max x, min(max(−x), GELU_ZERO_FROM))/127` (below −2.51 the integer GELU is 0,
+    /// so saturating there loses nothing, and the int8 steps go to the positive side,
+    /// where GELU passes values through); int16 points `RESIDUAL_HEADROOM·max|x|/32767`. A
+    /// point never reached (e.g. a selector stage that no calibration image got to) is an
+    /// error naming it.
     pub fn scales(&self, cfg: &Config) -> anyhow::Result<BTreeMap<String, f32>> {
         let seen = self.snapshot();
         let mut out = BTreeMap::new();
         for (name, kind) in scale_points(cfg) {
-            let max = *seen.get(&name).ok_or_else(|| {
+            let &(lo, hi) = seen.get(&name).ok_or_else(|| {
                 anyhow::anyhow!("calibration never reached activation point {name} (no image got that far with this pruning schedule)")
             })?;
+            let max_abs = hi.max(-lo);
             let s = match kind {
-                PointKind::I8 => scale_for_max_abs(max, 8)?,
-                PointKind::I16 => scale_for_max_abs(max * RESIDUAL_HEADROOM, 16)?,
+                PointKind::I8 => scale_for_max_abs(max_abs, 8)?,
+                PointKind::GeluIn => scale_for_max_abs(hi.max((-lo).min(GELU_ZERO_FROM)), 8)?,
+                PointKind::I16 => scale_for_max_abs(max_abs * RESIDUAL_HEADROOM, 16)?,
             };
             out.insert(name, s);
         }
@@ -61,10 +70,11 @@ impl Observer for RangeObserver {
     }
 
     fn see(&mut self, name: &str, data: &[f32]) {
-        let m = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // f32::min/max skip NaN; a NaN activation shows up in the logits instead.
+        let (lo, hi) = data.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let mut map = (self.0).0.lock().expect("ranges lock");
-        let e = map.entry(name.to_string()).or_insert(0.0);
-        *e = e.max(m);
+        let e = map.entry(name.to_string()).or_insert((0.0, 0.0));
+        *e = (e.0.min(lo), e.1.max(hi));
     }
 }
 

@@ -4,9 +4,13 @@
 //! `L(u) = sign(u)·[a·(min(|u|, −b) + b)² + 1]`, `a = −0.2888`, `b = −1.769`;
 //! `GELU(x) ≈ (x/2)·(1 + δ₁·L(x/√2))`, δ₁ = 1 for standard i-GELU (the default), 0.5 in
 //! HeatViT's regularised variant (a different function: a model must be trained with it).
+//!
+//! The integer path evaluates it through [`GeluTable`]: a GEMM output is first
+//! requantised to int8 (the layer's GELU-input scale), and the int8 → int8 GELU of that
+//! layer is [`gelu_q16`] evaluated once per possible input byte (§4.1).
 #![forbid(unsafe_code)]
 
-use super::fixed::{shift_round, ONE_Q16};
+use super::fixed::{sat_i32, shift_round, Multiplier, ONE_Q16};
 
 /// `a = −0.2888` in Q·.16 (`round(a·2^16)`).
 pub const A_Q16: i64 = -18927;
@@ -59,6 +63,43 @@ pub fn gelu_q16(x: i32, delta1: Delta1) -> i32 {
     let l = erf_q16(u);
     let dl = if delta1 == Delta1::OFF { l } else { shift_round(delta1.0 as i64 * l, 16) };
     shift_round(x * (ONE_Q16 + dl), 17) as i32
+}
+
+/// Negative GELU inputs at or below `−GELU_ZERO_FROM` (real units) come out of
+/// [`gelu_q16`] as exactly 0 (`u ≤ −1.769` saturates `L` at −1), so an int8 GELU input
+/// scale needs to reach only this far below zero: calibration sets a GELU input's scale
+/// from its largest *positive* value and `min(largest |negative|, GELU_ZERO_FROM)`
+/// (`quant::calibrate`), and an input saturated at −127 still has the exact output 0.
+pub const GELU_ZERO_FROM: f32 = 2.51;
+
+/// The int8 → int8 GELU of one layer: `table[q as u8] = to_i8(gelu_q16(sat32(to_q16(q))))`
+/// for every int8 input `q`, where `to_q16` takes the layer's GELU-input scale into Q·.16
+/// and `to_i8` Q·.16 to its output scale (`docs/integer-format.md` §4.1). 256 bytes per
+/// layer, built once at load; the same integers a polynomial unit evaluating
+/// [`gelu_q16`] on each element would produce.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeluTable(pub [i8; 256]);
+
+impl GeluTable {
+    pub fn new(to_q16: Multiplier, to_i8: Multiplier) -> GeluTable {
+        let mut t = [0i8; 256];
+        for q in i8::MIN..=i8::MAX {
+            t[q as u8 as usize] = to_i8.to_i8(gelu_q16(sat_i32(to_q16.apply(q as i32)), Delta1::OFF));
+        }
+        GeluTable(t)
+    }
+
+    #[inline]
+    pub fn get(&self, q: i8) -> i8 {
+        self.0[q as u8 as usize]
+    }
+}
+
+impl std::fmt::Debug for GeluTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v: Vec<i8> = (-127..=127).map(|q| self.get(q)).collect();
+        f.debug_tuple("GeluTable").field(&v).finish()
+    }
 }
 
 /// The float twin: the same approximation with the real constants, in f64.
@@ -157,6 +198,40 @@ mod tests {
         for x in sweep().step_by(7) {
             assert!(gelu_q16(x, Delta1::OFF).unsigned_abs() <= x.unsigned_abs());
             assert!(gelu_q16(x, Delta1::HEATVIT).unsigned_abs() <= x.unsigned_abs());
+        }
+    }
+
+    #[test]
+    fn inputs_below_minus_gelu_zero_from_give_zero() {
+        let from = -(GELU_ZERO_FROM as f64 * Q).ceil() as i32;
+        for x in (i32::MIN..=from).rev().step_by(997).chain([from, i32::MIN]) {
+            assert_eq!(gelu_q16(x, Delta1::OFF), 0, "x = {x}");
+        }
+        // And the bound is not loose by much: just above −2.5 the output is not 0.
+        assert_ne!(gelu_q16(-(2 << 16), Delta1::OFF), 0);
+    }
+
+    #[test]
+    fn gelu_table_is_the_polynomial_at_every_int8_input() {
+        // A GELU input scale of 0.05 and output scale of 0.04 (ratios into and out of Q·.16).
+        let to_q16 = Multiplier::from_ratio(0.05 * Q).unwrap();
+        let to_i8 = Multiplier::from_ratio(1.0 / (0.04 * Q)).unwrap();
+        let t = GeluTable::new(to_q16, to_i8);
+        let mut worst = 0.0f64;
+        for q in -127i8..=127 {
+            let x = sat_i32(to_q16.apply(q as i32));
+            assert_eq!(t.get(q), to_i8.to_i8(gelu_q16(x, Delta1::OFF)));
+            // Against the exact GELU of the dequantised input, saturated as the output is:
+            // the polynomial's error plus half an output step.
+            let exact = (gelu_exact(q as f64 * 0.05, 1.0) / 0.04).clamp(-127.0, 127.0);
+            worst = worst.max((t.get(q) as f64 - exact).abs());
+        }
+        assert!(worst <= 0.5 + 0.0185 / 0.04 + 1e-6, "{worst}");
+        assert_eq!(t.get(0), 0);
+        assert_eq!(t.get(-128), t.get(-127));
+        // Monotone where GELU is: increasing above its minimum near −0.75.
+        for q in -14i8..127 {
+            assert!(t.get(q) <= t.get(q + 1), "q = {q}");
         }
     }
 

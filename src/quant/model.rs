@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use super::fixed::{quantize_i16, BIAS_MAX};
+use super::gelu::GeluTable;
 use super::norm::LayerNormI16;
 use super::tensor::{check_scale, quantize_bias, WeightsI8};
 use super::{Multiplier, QuantError};
@@ -29,8 +30,10 @@ use crate::model::{Config, Linear, Model, Norm, Weights};
 pub const INT8_FILE: &str = "model.int8.safetensors";
 /// `format` in the file's metadata.
 pub const FORMAT: &str = "heatvit-int8";
-/// `version` in the file's metadata.
-pub const VERSION: &str = "1";
+/// `version` in the file's metadata. Version 2 added the GELU-input scales (the
+/// `*_in` points of §7: GELUs take int8 inputs through a table, §4.1); version 1 files
+/// lack them and are refused with a message to quantise again.
+pub const VERSION: &str = "2";
 /// The scale of a Q·.16 value.
 pub const Q16_SCALE: f64 = 1.0 / 65536.0;
 /// The scale of an attention probability entering `P·V` (Q0.7, §4.2).
@@ -50,10 +53,12 @@ pub enum QuantModelError {
     Quant { path: PathBuf, name: String, err: QuantError },
 }
 
-/// Where an activation lives in the format (§1): int8 operand of a GEMM or int16 residual.
+/// Where an activation lives in the format (§1): int8 operand of a GEMM, int8 input of a
+/// GELU (its scale set from the positive range, `gelu::GELU_ZERO_FROM`), or int16 residual.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointKind {
     I8,
+    GeluIn,
     I16,
 }
 
@@ -70,6 +75,7 @@ pub fn scale_points(cfg: &Config) -> Vec<(String, PointKind)> {
             ("ctx", I8),
             ("res_attn", I16),
             ("norm2", I8),
+            ("hidden_in", GeluIn),
             ("hidden", I8),
             ("res_mlp", I16),
         ] {
@@ -78,11 +84,20 @@ pub fn scale_points(cfg: &Config) -> Vec<(String, PointKind)> {
     }
     for s in 0..cfg.pruning.locations.len() {
         for h in 0..cfg.num_heads {
-            for p in ["norm", "u", "f2", "f3"] {
-                v.push((format!("selectors.{s}.heads.{h}.{p}"), I8));
+            for (p, k) in [
+                ("norm", I8),
+                ("u_in", GeluIn),
+                ("u", I8),
+                ("f2_in", GeluIn),
+                ("f2", I8),
+                ("f3_in", GeluIn),
+                ("f3", I8),
+            ] {
+                v.push((format!("selectors.{s}.heads.{h}.{p}"), k));
             }
         }
         v.push((format!("selectors.{s}.gate_in"), I8));
+        v.push((format!("selectors.{s}.gate_hidden_in"), GeluIn));
         v.push((format!("selectors.{s}.gate_hidden"), I8));
     }
     v.push(("norm".to_string(), I8));
@@ -186,10 +201,10 @@ pub struct QBlock {
     /// Incoming residual → the residual scale after attention.
     pub res1: Multiplier,
     pub norm2: LayerNormI16,
-    /// fc1 accumulator → Q·.16 (GELU input).
+    /// fc1 accumulator → int8 GELU input (`s_hidden_in`).
     pub fc1: QLinear,
-    /// GELU output (Q·.16) → int8 hidden (`s_hidden`).
-    pub hidden: Multiplier,
+    /// The int8 GELU: `s_hidden_in` → `s_hidden`.
+    pub hidden: GeluTable,
     pub fc2: QLinear,
     /// Residual after attention → the residual scale after the MLP.
     pub res2: Multiplier,
@@ -199,13 +214,14 @@ pub struct QBlock {
 #[derive(Debug, Clone)]
 pub struct QSelectorHead {
     pub norm: LayerNormI16,
+    /// fc1, fc2, fc3 requantise to the int8 GELU inputs `u_in`, `f2_in`, `f3_in`; the
+    /// tables give `u`, `f2`, `f3`.
     pub fc1: QLinear,
-    /// GELU(fc1) Q·.16 → int8 `u`.
-    pub u: Multiplier,
+    pub u: GeluTable,
     pub fc2: QLinear,
-    pub f2: Multiplier,
+    pub f2: GeluTable,
     pub fc3: QLinear,
-    pub f3: Multiplier,
+    pub f3: GeluTable,
     /// The two logits in Q·.16.
     pub fc4: QLinear,
 }
@@ -215,8 +231,9 @@ pub struct QSelector {
     pub heads: Vec<QSelectorHead>,
     /// Channel mean of a head's slice (int16, residual scale) → int8 gate input.
     pub gate_in: Multiplier,
+    /// Requantises to the int8 GELU input `gate_hidden_in`; the table gives `gate_hidden`.
     pub gate_fc1: QLinear,
-    pub gate_hidden: Multiplier,
+    pub gate_hidden: GeluTable,
     /// Gate logits in Q·.16 (sigmoid input).
     pub gate_fc2: QLinear,
 }
@@ -281,6 +298,12 @@ impl QuantModel {
         if md.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(file(format!("metadata format is {:?}, expected {FORMAT:?}", md.get("format"))));
         }
+        if md.get("version").map(String::as_str) == Some("1") {
+            return Err(file(format!(
+                "format version 1 has no GELU-input scales (version {VERSION} runs every GELU on int8 inputs); \
+                 quantise the model again: heatvit-run quantize --model DIR --calib IMAGES --out DIR"
+            )));
+        }
         if md.get("version").map(String::as_str) != Some(VERSION) {
             return Err(file(format!(
                 "format version {:?} is not supported (this build reads {VERSION})",
@@ -344,7 +367,10 @@ impl QuantModel {
             prepare(st.weights, st.bias, s_x, out).map_err(|e| qerr(name, e))
         };
         let mult = |name: &str, ratio: f64| Multiplier::from_ratio(ratio).map_err(|e| qerr(name, e));
-        let from_q16 = |name: &str, s_out: f32| mult(name, Q16_SCALE / s_out as f64);
+        // The int8 GELU from point `p_in` to point `p`: `s_in` into Q·.16, then to `s_out`.
+        let gelu = |p_in: &str, p: &str| -> Result<GeluTable, QuantModelError> {
+            Ok(GeluTable::new(mult(p_in, sc(p_in) as f64 / Q16_SCALE)?, mult(p, Q16_SCALE / sc(p) as f64)?))
+        };
 
         let s_embed = sc("embed");
         let patch = lin(src, "patch_embed.proj", d, 3 * p * p, sc("image"), OutScale::One(s_embed as f64))?;
@@ -369,8 +395,8 @@ impl QuantModel {
             let proj = lin(src, &n("attn.proj"), d, d, sc(&n("ctx")), OutScale::One(s_ra as f64))?;
             let res1 = mult(&n("res_attn"), s_res_in as f64 / s_ra as f64)?;
             let norm2 = ln(src, &mut float_params, &n("norm2"), d, s_ra, sc(&n("norm2")))?;
-            let fc1 = lin(src, &n("mlp.fc1"), hidden, d, sc(&n("norm2")), OutScale::One(Q16_SCALE))?;
-            let hid = from_q16(&n("hidden"), sc(&n("hidden")))?;
+            let fc1 = lin(src, &n("mlp.fc1"), hidden, d, sc(&n("norm2")), OutScale::One(sc(&n("hidden_in")) as f64))?;
+            let hid = gelu(&n("hidden_in"), &n("hidden"))?;
             let fc2 = lin(src, &n("mlp.fc2"), d, hidden, sc(&n("hidden")), OutScale::One(s_rm as f64))?;
             let res2 = mult(&n("res_mlp"), s_ra as f64 / s_rm as f64)?;
             blocks.push(QBlock { norm1, qkv, logits, pv, proj, res1, norm2, fc1, hidden: hid, fc2, res2 });
@@ -386,14 +412,15 @@ impl QuantModel {
             for hh in 0..h {
                 let n = |x: &str| format!("selectors.{s}.heads.{hh}.{x}");
                 let (s_n, s_u, s_f2, s_f3) = (sc(&n("norm")), sc(&n("u")), sc(&n("f2")), sc(&n("f3")));
+                let to = |p: &str| OutScale::One(sc(&n(p)) as f64);
                 heads.push(QSelectorHead {
                     norm: ln(src, &mut float_params, &n("norm"), hd, s_res, s_n)?,
-                    fc1: lin(src, &n("fc1"), hd, hd, s_n, OutScale::One(Q16_SCALE))?,
-                    u: from_q16(&n("u"), s_u)?,
-                    fc2: lin(src, &n("fc2"), hd / 2, hd, s_u, OutScale::One(Q16_SCALE))?,
-                    f2: from_q16(&n("f2"), s_f2)?,
-                    fc3: lin(src, &n("fc3"), hd / 4, hd / 2, s_f2, OutScale::One(Q16_SCALE))?,
-                    f3: from_q16(&n("f3"), s_f3)?,
+                    fc1: lin(src, &n("fc1"), hd, hd, s_n, to("u_in"))?,
+                    u: gelu(&n("u_in"), &n("u"))?,
+                    fc2: lin(src, &n("fc2"), hd / 2, hd, s_u, to("f2_in"))?,
+                    f2: gelu(&n("f2_in"), &n("f2"))?,
+                    fc3: lin(src, &n("fc3"), hd / 4, hd / 2, s_f2, to("f3_in"))?,
+                    f3: gelu(&n("f3_in"), &n("f3"))?,
                     fc4: lin(src, &n("fc4"), 2, hd / 4, s_f3, OutScale::One(Q16_SCALE))?,
                 });
             }
@@ -403,8 +430,8 @@ impl QuantModel {
             selectors.push(QSelector {
                 heads,
                 gate_in: mult(&n("gate_in"), s_res as f64 / s_gi as f64)?,
-                gate_fc1: lin(src, &n("gate.fc1"), gh, h, s_gi, OutScale::One(Q16_SCALE))?,
-                gate_hidden: from_q16(&n("gate_hidden"), s_gh)?,
+                gate_fc1: lin(src, &n("gate.fc1"), gh, h, s_gi, OutScale::One(sc(&n("gate_hidden_in")) as f64))?,
+                gate_hidden: gelu(&n("gate_hidden_in"), &n("gate_hidden"))?,
                 gate_fc2: lin(src, &n("gate.fc2"), h, gh, s_gh, OutScale::One(Q16_SCALE))?,
             });
         }

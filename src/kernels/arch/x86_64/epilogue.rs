@@ -1,18 +1,18 @@
 //! The GEMM epilogues of [`crate::kernels::epilogue`] with AVX2 (and AVX-512 where the VNNI
 //! GEMM runs). Most are the same
 //! generic integer code compiled with AVX2 enabled, which the compiler may vectorise here
-//! (bit-exact by construction: identical integer operations). The GELU epilogue, whose
-//! 64-bit arithmetic the compiler does not vectorise well, is written with intrinsics on
-//! 64-bit lanes ([`super::fixed`]); why each step is exact is noted next to it. All are
-//! compared with the generic code in `epilogue::tests`.
+//! (bit-exact by construction: identical integer operations). The AVX-512 int8
+//! requantisation and residual add are written with intrinsics on 64-bit lanes, the GELU
+//! table lookup with VBMI byte permutes; why each step is exact is noted next to it. All
+//! are compared with the generic code in `epilogue::tests`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::arch::x86_64::*;
 
-use super::fixed::{clamp_epi64, half, load_i32x8, merge, odd, pack_i8x8, sra_epi64_var, MulV};
+use super::fixed::half;
 use crate::kernels::epilogue::{quantize_i8_slice_generic, requant_i32_generic, requant_i8_generic, residual_generic};
-use crate::quant::fixed::{sat_i32, sat_i8, I32_MAX, ONE_Q16};
-use crate::quant::gelu::{gelu_q16, Delta1, A_Q16, INV_SQRT2_Q16, NEG_B_Q16};
+use crate::quant::fixed::sat_i8;
+use crate::quant::gelu::GeluTable;
 use crate::quant::norm::LayerNormI16;
 use crate::quant::Multiplier;
 
@@ -37,6 +37,43 @@ pub fn avx512_available() -> bool {
             && is_x86_feature_detected!("avx512vl")
             && crate::kernels::int8::selected_isa() == crate::kernels::int8::Isa::Avx512Vnni
     })
+}
+
+/// Whether the GELU table lookup runs on AVX-512 VBMI byte permutes: the AVX-512 kernels
+/// are selected ([`avx512_available`]) and the CPU has VBMI (Ice Lake, Zen 4 and later).
+pub fn vbmi_available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512vbmi"))
+}
+
+/// `x[i] = gelu[x[i]]`, 64 bytes at a time: each byte, read as an index 0..255, picks its
+/// entry from the table's first 128 bytes (`vpermi2b` on two registers, index bits 0..6)
+/// and from its last 128, and its bit 7 chooses between the two. The row's last partial
+/// vector is loaded and stored under a byte mask.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn gelu_table_i8_vbmi(gelu: &GeluTable, x: &mut [i8]) {
+    // SAFETY: the table is 256 bytes; each load reads 64 of them (no alignment needed).
+    let t: [__m512i; 4] = std::array::from_fn(|k| unsafe { _mm512_loadu_si512(gelu.0.as_ptr().add(64 * k).cast()) });
+    let look = |v: __m512i| {
+        let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
+        let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
+        _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
+    };
+    let mut chunks = x.chunks_exact_mut(64);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 64 bytes; loadu/storeu have no alignment requirement.
+        unsafe { _mm512_storeu_si512(c.as_mut_ptr().cast(), look(_mm512_loadu_si512(c.as_ptr().cast()))) };
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let k: __mmask64 = (1u64 << rest.len()) - 1;
+        // SAFETY: the mask covers exactly the `rest.len() < 64` bytes of `rest`; masked-off
+        // bytes are neither read nor written.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi8(k, rest.as_ptr().cast());
+            _mm512_mask_storeu_epi8(rest.as_mut_ptr().cast(), k, look(v));
+        }
+    }
 }
 
 /// `round_half_up_to_i8` on sixteen f32 lanes: `⌊t⌋ + (t − ⌊t⌋ ≥ ½)` clamped to ±127, NaN
@@ -241,88 +278,6 @@ unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], 
     requant_i32_generic(acc, bias, requant, out)
 }
 
-/// `gelu_q16(q, Delta1::OFF)` on sixteen int32 lanes, returned as two halves of i64
-/// lanes (even lanes, odd lanes; the result in each lane's low dword) ready for the
-/// 64-bit narrowing. The steps are [`gelu_q16_half`]'s: the 64-bit products on halves, the
-/// 32-bit steps once on all sixteen lanes (the halves' results merged by dword: the even
-/// lanes' moved down by a shift, the odd lanes' shifted into place).
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn gelu_q16_x16(q: __m512i) -> (__m512i, __m512i) {
-    let qo = _mm512_srli_epi64::<32>(q);
-    // u = shift_round(q·(1/√2), 16): bits 16..48 of each product (|u| < 2^31).
-    let (c, r15) = (_mm512_set1_epi32(INV_SQRT2_Q16 as i32), _mm512_set1_epi64(1 << 15));
-    let ue = _mm512_srli_epi64::<16>(_mm512_add_epi64(_mm512_mul_epi32(q, c), r15));
-    let uo = _mm512_slli_epi64::<16>(_mm512_add_epi64(_mm512_mul_epi32(qo, c), r15));
-    let u = _mm512_mask_blend_epi32(0xAAAA, ue, uo);
-    let neg_b = _mm512_set1_epi32(NEG_B_Q16 as i32);
-    let s = _mm512_sub_epi32(neg_b, _mm512_min_epi32(_mm512_abs_epi32(u), neg_b));
-    let a_s = _mm512_mullo_epi32(s, _mm512_set1_epi32(-A_Q16 as i32));
-    let r31 = _mm512_set1_epi64(1 << 31);
-    let le = _mm512_srli_epi64::<32>(_mm512_sub_epi64(r31, _mm512_mul_epu32(a_s, s)));
-    let lo = _mm512_sub_epi64(r31, _mm512_mul_epu32(_mm512_srli_epi64::<32>(a_s), _mm512_srli_epi64::<32>(s)));
-    let l = _mm512_mask_blend_epi32(0xAAAA, le, lo);
-    let one = _mm512_set1_epi32(ONE_Q16 as i32);
-    let zero = _mm512_setzero_si512();
-    let r = _mm512_add_epi32(l, one);
-    let r = _mm512_mask_sub_epi32(r, _mm512_cmplt_epi32_mask(u, zero), zero, r);
-    let e = _mm512_add_epi32(_mm512_maskz_mov_epi32(_mm512_cmpneq_epi32_mask(u, zero), r), one);
-    let r16 = _mm512_set1_epi64(1 << 16);
-    (
-        _mm512_srli_epi64::<17>(_mm512_add_epi64(_mm512_mul_epi32(q, e), r16)),
-        _mm512_srli_epi64::<17>(_mm512_add_epi64(_mm512_mul_epi32(qo, _mm512_srli_epi64::<32>(e)), r16)),
-    )
-}
-
-/// Test access to [`gelu_q16_x16`] on sixteen values.
-#[cfg(test)]
-pub fn gelu_q16_x16_lanes(x: [i32; 16]) -> [i32; 16] {
-    assert!(avx512_available());
-    // SAFETY: the CPU supports AVX-512 F (asserted above); the loads and stores are of
-    // 64-byte arrays.
-    unsafe {
-        let (e, o) = gelu_q16_x16(_mm512_loadu_si512(x.as_ptr().cast()));
-        let mut out = [0i32; 16];
-        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64::<32>(o)));
-        out
-    }
-}
-
-/// The i-GELU epilogue on 16 channels at a time: the requantisations on 64-bit lanes with
-/// native variable arithmetic shifts (`vpsravq`) and 64-bit min/max, the GELU by
-/// [`gelu_q16_x16`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn requant_gelu_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
-    let Some((n, full, chans)) = layout16(acc.len(), out.len(), requant, bias.len()) else {
-        return;
-    };
-    assert!(to_i8.shift <= 62, "requant multipliers: shift > 62");
-    let (to_m, to_half, to_sh) =
-        (_mm512_set1_epi32(to_i8.m), _mm512_set1_epi64(half(to_i8.shift)), _mm_cvtsi32_si128(to_i8.shift as i32));
-    let (hi32, lo32) = (_mm512_set1_epi64(I32_MAX), _mm512_set1_epi64(-I32_MAX));
-    let (hi8, lo8) = (_mm512_set1_epi64(127), _mm512_set1_epi64(-127));
-    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        for (c, ch) in chans.iter().enumerate() {
-            let o = c * 16;
-            // sat32(requant.apply(x)), then GELU, then sat8(to_i8.apply(·)), per half.
-            let q = requant16(&arow[o..], &bias[o..], ch, lo32, hi32);
-            let narrow = |g: __m512i| {
-                let p = _mm512_add_epi64(_mm512_mul_epi32(g, to_m), to_half);
-                _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(p, to_sh), lo8), hi8)
-            };
-            let (ge, go) = gelu_q16_x16(q);
-            let y = _mm512_mask_blend_epi32(0xAAAA, narrow(ge), _mm512_slli_epi64::<32>(narrow(go)));
-            let bytes = _mm512_cvtepi32_epi8(y);
-            let dst = &mut orow[o..o + 16];
-            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
-            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
-        }
-        for o in full..n {
-            orow[o] = to_i8.to_i8(gelu_q16(sat_i32(requant[o].apply(arow[o] + bias[o])), Delta1::OFF));
-        }
-    }
-}
-
 /// The residual add, 16 channels at a time: per half on i64 lanes, the branch
 /// `requant[o].apply(acc + bias)` (per-channel shifts), the incoming residual
 /// `rescale.apply(x)`, their exact sum (|·| < 2^62) saturated to ±(2^15 − 1).
@@ -380,108 +335,6 @@ unsafe fn requant_i32_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], ou
     requant_i32_generic(acc, bias, requant, out)
 }
 
-/// `gelu_q16(x, Delta1::OFF)` on the i64 lanes of one half (`x` in the low dword of each
-/// lane, `|x| ≤ 2^31 − 1`); the result is in the low dword.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn gelu_q16_half(x: __m256i) -> __m256i {
-    // u = shift_round(x·(1/√2), 16): |x·46341| < 2^47 and |u| < 2^31, so the low dword of
-    // the logical shift is u (it differs from the arithmetic one only in bits 48..64).
-    let u = _mm256_srli_epi64::<16>(_mm256_add_epi64(
-        _mm256_mul_epi32(x, _mm256_set1_epi32(INV_SQRT2_Q16 as i32)),
-        _mm256_set1_epi64x(1 << 15),
-    ));
-    // erf_q16(u): with s = −b − min(|u|, −b) ∈ [0, −b], t = −s and a·t² = −(|a|·s)·s;
-    // |a|·s ≤ 18927·115933 < 2^32 is exact as a u32 (vpmulld's low half) and (|a|·s)·s
-    // < 2^48 is exact with vpmuludq.
-    let neg_b = _mm256_set1_epi32(NEG_B_Q16 as i32);
-    let s = _mm256_sub_epi32(neg_b, _mm256_min_epi32(_mm256_abs_epi32(u), neg_b));
-    let p = _mm256_mul_epu32(_mm256_mullo_epi32(s, _mm256_set1_epi32(-A_Q16 as i32)), s);
-    // shift_round(−p, 32) = ⌊(2^31 − p) / 2^32⌋: the high dword of 2^31 − p (|·| < 2^48).
-    let l = _mm256_srli_epi64::<32>(_mm256_sub_epi64(_mm256_set1_epi64x(1 << 31), p));
-    let one = _mm256_set1_epi32(ONE_Q16 as i32);
-    // (· + 1)·signum(u), then e = 2^16 + l ∈ [0, 2^17].
-    let e = _mm256_add_epi32(_mm256_sign_epi32(_mm256_add_epi32(l, one), u), one);
-    // y = shift_round(x·e, 17): |x·e| ≤ 2^48 and |y| ≤ |x|, so again the low dword of the
-    // logical shift is y.
-    _mm256_srli_epi64::<17>(_mm256_add_epi64(_mm256_mul_epi32(x, e), _mm256_set1_epi64x(1 << 16)))
-}
-
-/// Test access to [`gelu_q16_half`] on eight values.
-#[cfg(test)]
-pub fn gelu_q16_x8(x: [i32; 8]) -> [i32; 8] {
-    assert!(available());
-    // SAFETY: the CPU supports AVX2 (asserted above with run-time detection).
-    unsafe { gelu_q16_x8_avx2(x) }
-}
-
-#[cfg(test)]
-#[target_feature(enable = "avx2")]
-fn gelu_q16_x8_avx2(x: [i32; 8]) -> [i32; 8] {
-    let v = load_i32x8(&x);
-    let mut out = [0i32; 8];
-    super::fixed::store_i32x8(&mut out, merge(gelu_q16_half(v), gelu_q16_half(odd(v))));
-    out
-}
-
-/// Eight per-channel multipliers: mantissas as int32 lanes; rounding terms and shifts
-/// per half (even channels 0, 2, 4, 6; odd 1, 3, 5, 7) as i64 lanes.
-struct Channels8 {
-    m: __m256i,
-    half: [__m256i; 2],
-    shift: [__m256i; 2],
-}
-
-#[target_feature(enable = "avx2")]
-fn channels8(c: &[Multiplier]) -> Channels8 {
-    assert!(c.len() == 8 && c.iter().all(|m| m.shift <= 62), "requant multipliers: shift > 62");
-    let h = |i: usize| half(c[i].shift);
-    let s = |i: usize| c[i].shift as i64;
-    Channels8 {
-        m: _mm256_setr_epi32(c[0].m, c[1].m, c[2].m, c[3].m, c[4].m, c[5].m, c[6].m, c[7].m),
-        half: [_mm256_setr_epi64x(h(0), h(2), h(4), h(6)), _mm256_setr_epi64x(h(1), h(3), h(5), h(7))],
-        shift: [_mm256_setr_epi64x(s(0), s(2), s(4), s(6)), _mm256_setr_epi64x(s(1), s(3), s(5), s(7))],
-    }
-}
-
-#[target_feature(enable = "avx2")]
-fn requant_gelu_i8_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
-    assert_eq!(acc.len(), out.len(), "epilogue: accumulator and output sizes");
-    assert_eq!(requant.len(), bias.len(), "epilogue: one bias per multiplier");
-    let n = requant.len();
-    if n == 0 {
-        return;
-    }
-    assert!(acc.len().is_multiple_of(n), "epilogue: rows are not whole");
-    let full = n / 8 * 8;
-    let chans: Vec<Channels8> = requant[..full].chunks_exact(8).map(|c| channels8(c)).collect();
-    let to8 = MulV::new(to_i8);
-    let (hi32, lo32) = (_mm256_set1_epi64x(I32_MAX), _mm256_set1_epi64x(-I32_MAX));
-    let (hi8, lo8) = (_mm256_set1_epi64x(127), _mm256_set1_epi64x(-127));
-    for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        for (c, ch) in chans.iter().enumerate() {
-            let o = c * 8;
-            // acc + bias wraps as the scalar i32 addition does in release builds (callers
-            // keep it in range: |acc| < 2^30, |bias| ≤ 2^30).
-            let x = _mm256_add_epi32(load_i32x8(&arow[o..]), load_i32x8(&bias[o..]));
-            // sat32(requant.apply(x)): |x·m| ≤ 2^62, shift_round with per-lane shifts.
-            let q = |xh: __m256i, mh: __m256i, k: usize| {
-                let p = _mm256_add_epi64(_mm256_mul_epi32(xh, mh), ch.half[k]);
-                clamp_epi64(sra_epi64_var(p, ch.shift[k]), lo32, hi32)
-            };
-            let ye = to8.apply_half(gelu_q16_half(q(x, ch.m, 0)), hi8, lo8);
-            let yo = to8.apply_half(gelu_q16_half(q(odd(x), odd(ch.m), 1)), hi8, lo8);
-            let bytes = pack_i8x8(merge(ye, yo));
-            for (d, &b) in orow[o..o + 8].iter_mut().zip(&bytes) {
-                *d = b as i8;
-            }
-        }
-        for o in full..n {
-            orow[o] = to_i8.to_i8(gelu_q16(sat_i32(requant[o].apply(arow[o] + bias[o])), Delta1::OFF));
-        }
-    }
-}
-
 #[target_feature(enable = "avx2")]
 unsafe fn residual_avx2(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
     residual_generic(acc, bias, requant, rescale, x)
@@ -507,16 +360,12 @@ pub fn requant_i32(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut 
     unsafe { requant_i32_avx2(acc, bias, requant, out) }
 }
 
-pub fn requant_gelu_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], to_i8: Multiplier, out: &mut [i8]) {
-    assert!(available());
-    if avx512_available() {
-        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); the loads and stores are
-        // of in-bounds slices (see the function).
-        return unsafe { requant_gelu_i8_avx512(acc, bias, requant, to_i8, out) };
-    }
-    // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise
-    // (its loads are bounds-checked in `fixed`).
-    unsafe { requant_gelu_i8_avx2(acc, bias, requant, to_i8, out) }
+/// `x[i] = gelu[x[i]]` with AVX-512 VBMI ([`vbmi_available`]).
+pub fn gelu_table_i8(gelu: &GeluTable, x: &mut [i8]) {
+    assert!(vbmi_available());
+    // SAFETY: the CPU supports AVX-512 F/BW/VBMI (checked); the loads and stores are of
+    // in-bounds bytes (see the function).
+    unsafe { gelu_table_i8_vbmi(gelu, x) }
 }
 
 pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {

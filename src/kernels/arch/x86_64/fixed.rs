@@ -15,15 +15,8 @@ use std::arch::x86_64::*;
 use crate::quant::Multiplier;
 
 /// `⌊v / 2^sh⌋` on signed i64 lanes (arithmetic shift; AVX2 has none for 64-bit lanes):
-/// `((v ^ s) >> sh) ^ s` with `s` the sign mask, a logical shift. Per-lane counts `0..=63`.
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(crate) fn sra_epi64_var(v: __m256i, sh: __m256i) -> __m256i {
-    let s = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
-    _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(v, s), sh), s)
-}
-
-/// As [`sra_epi64_var`] with one count (`0..=63`) in the low 64 bits of `sh`.
+/// `((v ^ s) >> sh) ^ s` with `s` the sign mask, a logical shift; one count (`0..=63`) in
+/// the low 64 bits of `sh`.
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(crate) fn sra_epi64(v: __m256i, sh: __m128i) -> __m256i {
