@@ -27,7 +27,7 @@ pub enum Op {
     /// The residual adds after the projection and after fc2.
     Residual,
     Fc1Gemm,
-    /// fc1 accumulators → Q·.16 → i-GELU → int8.
+    /// fc1 accumulators → the int8 GELU input → the GELU table (int8).
     Gelu,
     Fc2Gemm,
     /// Token selectors (the scores, all layers).

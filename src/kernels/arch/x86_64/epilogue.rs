@@ -270,9 +270,9 @@ unsafe fn requant_i8_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], o
 // variable shifts and min/max (vpsravq, vpminsq), so the compiler vectorises the
 // requantisation arithmetic that AVX2 needs intrinsics for. Identical integer operations:
 // bit-exact by construction, and compared with the generic code in `epilogue::tests` on
-// CPUs that have it. (The int8 requantisation, the i-GELU epilogue, the residual add,
-// LayerNorm and the image quantisation have intrinsics of their own: the compiled generic
-// i-GELU was 0.8 ms per DeiT-T image slower, the int8 requantisation 0.08 ms.)
+// CPUs that have it. (The int8 requantisation, the residual add, LayerNorm and the image
+// quantisation have intrinsics of their own: compiled generic code was slower, e.g. the int8
+// requantisation by 0.08 ms per DeiT-T image on Zen 5.)
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i32]) {
     requant_i32_generic(acc, bias, requant, out)
