@@ -192,6 +192,12 @@ def main():
     ap.add_argument("--selector-init", choices=["vit", "fan-in"],
                     help="initialisation of the selectors' Linear layers: 'vit' (std 0.02, the default; "
                          "a selector head starts with a constant output) or 'fan-in' (He)")
+    ap.add_argument("--distill-kl", type=float,
+                    help="weight of the KL distillation of the class logits from the teacher in the "
+                         "selector stages (recipe: 0.5)")
+    ap.add_argument("--distill-token", type=float,
+                    help="weight of the MSE distillation of the kept tokens from the teacher's in the "
+                         "selector stages (recipe: 0.5)")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
@@ -233,6 +239,12 @@ def main():
         RECIPE["stages"] = [{"epochs": v} for v in se]
     if args.calib_weight is not None:
         RECIPE["selector"]["calib_weight"] = args.calib_weight
+    for name in ("distill_kl", "distill_token"):
+        w = getattr(args, name)
+        if w is not None:
+            if not w >= 0:
+                raise SystemExit(f"--{name.replace('_', '-')} needs a weight >= 0")
+            RECIPE["selector"][name] = w
     if args.init_from:
         RECIPE["init_from"] = os.path.abspath(args.init_from)
     if args.dense_epochs is not None:
@@ -385,8 +397,10 @@ def main():
                     logits, tok, mask, decs = model.forward_train(
                         xb, n_stages, noise=noise, tau=c["gumbel_tau"],
                         detach_selector_input=c.get("detach_input", False))
-                    with torch.no_grad():
-                        t_logits, t_tok = teacher.forward_dense(xb)
+                    distill = c["distill_kl"] > 0 or c["distill_token"] > 0
+                    if distill:
+                        with torch.no_grad():
+                            t_logits, t_tok = teacher.forward_dense(xb)
                     ce = F.cross_entropy(logits, yb, label_smoothing=c["label_smoothing"])
                     tg = RECIPE["keep_targets"]
                     ratio = sum((d.mean() - tg[s]) ** 2 for s, d in enumerate(decs)) / len(decs)
@@ -407,12 +421,15 @@ def main():
                         cal = cal + (bce * live).sum() / live.sum().clamp_min(1.0)
                     cal = cal / len(decs)
                     ratio = ratio + c["calib_weight"] * cal
-                    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1),
-                                  reduction="batchmean", log_target=True)
-                    n0 = model.num_patches
-                    sel = mask.detach() > 0.5
-                    err = ((tok[:, 1:1 + n0] - t_tok[:, 1:1 + n0]) ** 2).mean(-1)
-                    tokl = err[sel].mean() if bool(sel.any()) else err.sum() * 0.0
+                    if distill:
+                        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1),
+                                      reduction="batchmean", log_target=True)
+                        n0 = model.num_patches
+                        sel = mask.detach() > 0.5
+                        err = ((tok[:, 1:1 + n0] - t_tok[:, 1:1 + n0]) ** 2).mean(-1)
+                        tokl = err[sel].mean() if bool(sel.any()) else err.sum() * 0.0
+                    else:  # no teacher forward at all (--distill-kl 0 --distill-token 0)
+                        kl = tokl = ce * 0.0
                     loss = ce + c["ratio_weight"] * ratio + c["distill_kl"] * kl + c["distill_token"] * tokl
                     parts = {"ce": ce.item(), "ratio": ratio.item(), "kl": kl.item(), "tok": tokl.item()}
                     for s, d in enumerate(decs):
