@@ -59,6 +59,10 @@ pub fn gelu_table_i8(gelu: &GeluTable, x: &mut [i8]) {
     if super::arch::x86_64::epilogue::vbmi_available() {
         return super::arch::x86_64::epilogue::gelu_table_i8(gelu, x);
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::int8::selected_isa() == super::int8::Isa::Neon {
+        return super::arch::aarch64::lut::gelu_table_i8(gelu, x);
+    }
     gelu_table_i8_generic(gelu, x)
 }
 
