@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::op_timers::{time, Op};
 use super::{Backend, BackendError, Layout};
-use crate::kernels::int8::{gemm_i8_packed, PackedWeights};
+use crate::kernels::int8::{gemm_i8_packed, gemm_i8_packed_then, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
@@ -113,17 +113,30 @@ fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 
 /// `a (m × k) · Wᵀ` into `out` (int32, `m × n`), rows split over `threads`.
 fn gemm_into(threads: usize, w: &PackedWeights, a: &[i8], m: usize, out: &mut [i32]) -> Result<(), BackendError> {
+    gemm_then(threads, w, a, m, out, None)
+}
+
+/// [`gemm_into`], with the weights of the GEMM that follows as a prefetch hint
+/// ([`gemm_i8_packed_then`]; each thread fetches them all, since each runs all columns).
+fn gemm_then(
+    threads: usize,
+    w: &PackedWeights,
+    a: &[i8],
+    m: usize,
+    out: &mut [i32],
+    next: Option<&PackedWeights>,
+) -> Result<(), BackendError> {
     let (k, n) = (w.in_features(), w.out_features());
     let t = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
     if t == 1 || n == 0 || k == 0 {
-        return gemm_i8_packed(m, a, w, out).map_err(gemm_err);
+        return gemm_i8_packed_then(m, a, w, out, next).map_err(gemm_err);
     }
     let per = m.div_ceil(t);
     std::thread::scope(|sc| {
         let jobs: Vec<_> = a
             .chunks(per * k)
             .zip(out.chunks_mut(per * n))
-            .map(|(ac, oc)| sc.spawn(move || gemm_i8_packed(ac.len() / k, ac, w, oc)))
+            .map(|(ac, oc)| sc.spawn(move || gemm_i8_packed_then(ac.len() / k, ac, w, oc, next)))
             .collect();
         jobs.into_iter().try_for_each(|j| j.join().expect("GEMM thread panicked")).map_err(gemm_err)
     })
@@ -146,11 +159,10 @@ pub fn embed(
     let d = cfg.embed_dim;
     let n0 = cfg.num_patches();
     let s_img = q.scales["image"];
-    // Quantised in one pass over the contiguous image (vectorised), then gathered.
-    let mut qimg = vec![0i8; image.len()];
-    crate::kernels::epilogue::quantize_i8_slice(image, s_img, &mut qimg);
-    let cols = crate::model::vit::im2col(cfg, &qimg, |v| v);
-    let acc = gemm(threads, &q.patch.packed, &cols, n0)?;
+    let mut cols = vec![0i8; image.len()];
+    epilogue::quantize_im2col_i8(image, cfg.image_size, cfg.patch_size, s_img, &mut cols);
+    let mut acc = vec![0i32; n0 * q.patch.out_features()];
+    gemm_then(threads, &q.patch.packed, &cols, n0, &mut acc, q.blocks.first().map(|b| &b.qkv.packed))?;
     let mut x = q.embed_rows.clone();
     // x = sat16(patch.rescale(c, acc) + x): the residual add with the identity multiplier
     // (m = 2^30, shift 30: exactly x for every int32 x).
@@ -163,7 +175,7 @@ pub fn embed(
 /// One transformer block on `rows` tokens, in place (with buffers of its own; see
 /// [`block_with`]).
 pub fn block(b: &QBlock, heads: usize, x: &mut [i16], rows: usize, threads: usize) -> Result<(), BackendError> {
-    block_with(b, heads, x, rows, threads, &mut Scratch::default())
+    block_with(b, heads, x, rows, threads, &mut Scratch::default(), None)
 }
 
 /// One attention head: `ctx (rows × hd) = requant(softmax(Q_h·K_hᵀ)·V_h)`, with `Q_h`
@@ -204,7 +216,8 @@ fn scatter_head(ctx: &mut [i8], head: &[i8], d: usize, hd: usize, h: usize) {
     }
 }
 
-/// One transformer block on `rows` tokens, in place, on reused buffers.
+/// One transformer block on `rows` tokens, in place, on reused buffers. `next`: the block
+/// that runs after this one, whose first weights are fetched while this one ends.
 pub fn block_with(
     b: &QBlock,
     heads: usize,
@@ -212,13 +225,14 @@ pub fn block_with(
     rows: usize,
     threads: usize,
     s: &mut Scratch,
+    next: Option<&QBlock>,
 ) -> Result<(), BackendError> {
     let d = b.norm1.dim();
     let hd = d / heads;
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm1.apply(x, y));
     let acc = sized(&mut s.acc, rows * 3 * d);
-    time(Op::QkvGemm, || gemm_into(threads, &b.qkv.packed, y, rows, acc))?;
+    time(Op::QkvGemm, || gemm_then(threads, &b.qkv.packed, y, rows, acc, Some(&b.proj.packed)))?;
     let qkv = sized(&mut s.qkv, rows * 3 * d);
     time(Op::QkvRequant, || epilogue::requant_i8(acc, &b.qkv.bias, &b.qkv.requant, qkv));
     let qkv = &*qkv;
@@ -252,18 +266,18 @@ pub fn block_with(
         }
     }
     let acc = sized(&mut s.acc, rows * d);
-    time(Op::ProjGemm, || gemm_into(threads, &b.proj.packed, ctx, rows, acc))?;
+    time(Op::ProjGemm, || gemm_then(threads, &b.proj.packed, ctx, rows, acc, Some(&b.fc1.packed)))?;
     time(Op::Residual, || epilogue::residual(acc, &b.proj.bias, &b.proj.requant, b.res1, x));
     // MLP.
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm2.apply(x, y));
     let hidden = b.fc1.out_features();
     let acc = sized(&mut s.acc, rows * hidden);
-    time(Op::Fc1Gemm, || gemm_into(threads, &b.fc1.packed, y, rows, acc))?;
+    time(Op::Fc1Gemm, || gemm_then(threads, &b.fc1.packed, y, rows, acc, Some(&b.fc2.packed)))?;
     let hid = sized(&mut s.hid, rows * hidden);
     time(Op::Gelu, || epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, &b.hidden, hid));
     let acc = sized(&mut s.acc, rows * d);
-    time(Op::Fc2Gemm, || gemm_into(threads, &b.fc2.packed, hid, rows, acc))?;
+    time(Op::Fc2Gemm, || gemm_then(threads, &b.fc2.packed, hid, rows, acc, next.map(|n| &n.qkv.packed)))?;
     time(Op::Residual, || epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x));
     Ok(())
 }
@@ -282,6 +296,9 @@ pub struct SelectorScratch {
     l: Vec<i32>,
     gh: Vec<i8>,
     ga: Vec<i32>,
+    col_sums: Vec<i64>,
+    col_part: Vec<i32>,
+    g: Vec<i8>,
 }
 
 /// A Linear layer on `m` rows into its int8 GELU input, then the GELU table, into `out`
@@ -349,16 +366,28 @@ pub fn selector_scores(
         linear_gelu_into(threads, &hw.fc1, y, live, &hw.u, &mut s.acc, &mut s.u)?;
         let u = &mut s.u[..live * hd];
         let half = hd / 2;
-        // Column sums row by row (contiguous rows rather than a strided walk per column).
-        let mut col_sums = vec![0i64; hd - half];
-        for row in u.chunks_exact(hd) {
-            for (s, &v) in col_sums.iter_mut().zip(&row[half..]) {
-                *s += v as i64;
+        // Column sums row by row (contiguous rows rather than a strided walk per column),
+        // in i32 over at most 2^24 rows at a time (|Σ| < 127·2^24 < 2^31), which the
+        // compiler vectorises, then in i64.
+        let (sums, part) = (sized(&mut s.col_sums, hd - half), sized(&mut s.col_part, hd - half));
+        sums.fill(0);
+        for rows in u.chunks(hd << 24) {
+            part.fill(0);
+            for row in rows.chunks_exact(hd) {
+                for (p, &v) in part.iter_mut().zip(&row[half..]) {
+                    *p += v as i32;
+                }
+            }
+            for (s, &p) in sums.iter_mut().zip(&*part) {
+                *s += p as i64;
             }
         }
-        let g: Vec<i8> = col_sums.iter().map(|&sum| sat_i8(div_round(sum, live as i64))).collect();
+        let g = sized(&mut s.g, hd - half);
+        for (g, &sum) in g.iter_mut().zip(&*sums) {
+            *g = sat_i8(div_round(sum, live as i64));
+        }
         for row in u.chunks_exact_mut(hd) {
-            row[half..].copy_from_slice(&g);
+            row[half..].copy_from_slice(g);
         }
         linear_gelu_into(threads, &hw.fc2, u, live, &hw.f2, &mut s.acc, &mut s.f2)?;
         linear_gelu_into(threads, &hw.fc3, &s.f2[..live * hw.fc2.out_features()], live, &hw.f3, &mut s.acc, &mut s.f3)?;
@@ -409,7 +438,9 @@ impl Backend for CpuInt8 {
         let rows = layout.rows();
         for b in blocks {
             let blk = q.blocks.get(b).ok_or_else(|| failed(format!("model has no block {b}")))?;
-            block_with(blk, heads, x, rows, threads, &mut self.scratch)?;
+            // The block after this range runs next too (a selector between them touches
+            // little memory), so its weights are worth fetching.
+            block_with(blk, heads, x, rows, threads, &mut self.scratch, q.blocks.get(b + 1))?;
         }
         Ok(())
     }

@@ -335,7 +335,15 @@ fn block_lut(args: &BenchArgs, model: &Arc<Model>) -> Result<u8> {
                 x.truncate(n * cfg.embed_dim);
                 let t = Instant::now();
                 let threads = args.model.threads as usize;
-                crate::backend::cpu_int8::block_with(&q.blocks[0], cfg.num_heads, &mut x, n, threads, &mut scratch)?;
+                crate::backend::cpu_int8::block_with(
+                    &q.blocks[0],
+                    cfg.num_heads,
+                    &mut x,
+                    n,
+                    threads,
+                    &mut scratch,
+                    None,
+                )?;
                 t.elapsed()
             } else {
                 let mut x = vit::embed(cfg, &model.weights, &image, &mut vit::NoObserver);

@@ -28,6 +28,28 @@ pub(crate) fn quantize_i8_slice_generic(x: &[f32], scale: f32, out: &mut [i8]) {
     }
 }
 
+/// The im2col matrix of a CHW image (`3 × size × size`, patches `p × p`; layout of
+/// [`super::im2col_runs`]), quantised: `out[j] = quantize_i8(image[i], scale)` for each
+/// pixel `i` and its place `j` in the matrix. One pass over the image (no int8 or f32 copy
+/// of it in between).
+pub fn quantize_im2col_i8(image: &[f32], size: usize, p: usize, scale: f32, out: &mut [i8]) {
+    assert!(p > 0 && size.is_multiple_of(p), "quantize_im2col_i8: {size} is not whole patches of {p}");
+    assert_eq!(image.len(), 3 * size * size, "quantize_im2col_i8: image size");
+    assert_eq!(out.len(), image.len(), "quantize_im2col_i8: matrix size");
+    #[cfg(target_arch = "x86_64")]
+    if super::arch::x86_64::epilogue::available() {
+        return super::arch::x86_64::epilogue::quantize_im2col_i8(image, size, p, scale, out);
+    }
+    quantize_im2col_i8_generic(image, size, p, scale, out)
+}
+
+#[inline(always)]
+pub(crate) fn quantize_im2col_i8_generic(image: &[f32], size: usize, p: usize, scale: f32, out: &mut [i8]) {
+    super::im2col_runs(size, p, |src, dst| {
+        quantize_i8_slice_generic(&image[src..src + p], scale, &mut out[dst..dst + p])
+    });
+}
+
 /// `out[r, o] = sat8(requant[o](acc[r, o] + bias[o]))`.
 pub fn requant_i8(acc: &[i32], bias: &[i32], requant: &[Multiplier], out: &mut [i8]) {
     #[cfg(target_arch = "x86_64")]
@@ -296,5 +318,41 @@ mod tests {
             quantize_i8_slice_generic(&x, scale, &mut b);
             prop_assert_eq!(a, b);
         }
+
+        // The dispatched quantised im2col (AVX-512: four 16-pixel runs per 64-byte store)
+        // puts `quantize_i8` of every pixel where the im2col layout says, for patch widths
+        // that take the vector path (16, 32) and others (4, 8, 12).
+        #[test]
+        fn dispatched_quantised_im2col_equals_pixel_by_pixel_quantisation(
+            (p, g) in prop_oneof![Just((16usize, 1usize)), Just((16, 3)), Just((32, 2)), Just((4, 7)), Just((8, 3)), Just((12, 2))],
+            seed in any::<u32>(),
+            scale in prop_oneof![Just(0.02f32), 1e-3f32..1.0],
+        ) {
+            let size = p * g;
+            let mut bits = seed | 1;
+            let image: Vec<f32> = (0..3 * size * size).map(|i| {
+                bits ^= bits << 13;
+                bits ^= bits >> 17;
+                bits ^= bits << 5;
+                match i % 11 {
+                    0 => f32::from_bits(bits),
+                    1 => (bits % 1200) as f32 * 0.5 * scale - 300.0 * scale,
+                    _ => (bits % 20001) as f32 / 10000.0 - 1.0,
+                }
+            }).collect();
+            let mut got = vec![0i8; image.len()];
+            quantize_im2col_i8(&image, size, p, scale, &mut got);
+            let k = 3 * p * p;
+            for (gy, gx, c, ky, kx) in patch_grid(g, p) {
+                let want = crate::quant::fixed::quantize_i8(image[c * size * size + (gy * p + ky) * size + gx * p + kx], scale);
+                prop_assert_eq!(got[(gy * g + gx) * k + (c * p + ky) * p + kx], want, "patch ({}, {}) c {} ({}, {})", gy, gx, c, ky, kx);
+            }
+        }
+    }
+
+    /// Every (patch row, patch column, channel, row in patch, column in patch).
+    fn patch_grid(g: usize, p: usize) -> impl Iterator<Item = (usize, usize, usize, usize, usize)> {
+        (0..g * g * 3 * p * p)
+            .map(move |i| (i / (g * 3 * p * p), i / (3 * p * p) % g, i / (p * p) % 3, i / p % p, i % p))
     }
 }

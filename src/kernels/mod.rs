@@ -15,6 +15,26 @@ pub mod int8;
 pub use arch::sgemm::{sgemm, MatMut, MatRef};
 pub use int8::{gemm_i8, gemm_i8_packed, GemmError, Isa, PackedWeights};
 
+/// The runs of the im2col matrix of a CHW image (`3 × size × size`, patches `p × p`):
+/// calls `f(src, dst)` for every run of `p` contiguous pixels, `src` its offset in the image
+/// and `dst` in the matrix (row per patch, in raster order; within a row `[c][ky][kx]`).
+/// The runs of one patch and channel are contiguous in the matrix (`p·p` values from
+/// `dst` of its `ky = 0` run).
+#[inline(always)]
+pub fn im2col_runs(size: usize, p: usize, mut f: impl FnMut(usize, usize)) {
+    let g = size / p;
+    let k = 3 * p * p;
+    for gy in 0..g {
+        for gx in 0..g {
+            for c in 0..3 {
+                for ky in 0..p {
+                    f(c * size * size + (gy * p + ky) * size + gx * p, (gy * g + gx) * k + (c * p + ky) * p);
+                }
+            }
+        }
+    }
+}
+
 /// `y[m×out] = x[m×in] · Wᵀ + b`, with `w` in PyTorch's `[out, in]` row-major layout.
 pub fn linear(x: &[f32], m: usize, w: &[f32], b: &[f32], out_features: usize, y: &mut [f32]) {
     assert_eq!(b.len(), out_features, "linear: bias length");

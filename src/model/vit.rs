@@ -65,24 +65,12 @@ fn apply_norm(n: &Norm, x: &[f32], eps: f32) -> Vec<f32> {
 /// each value passed through `map` (identity for floats, quantisation for int8).
 pub fn im2col<S: Copy, T: Copy + Default>(cfg: &Config, image: &[S], map: impl Fn(S) -> T) -> Vec<T> {
     let (s, p) = (cfg.image_size, cfg.patch_size);
-    let g = cfg.grid();
-    let k = 3 * p * p;
-    let mut cols = vec![T::default(); g * g * k];
-    for gy in 0..g {
-        for gx in 0..g {
-            let dst = &mut cols[(gy * g + gx) * k..][..k];
-            let mut t = 0;
-            for c in 0..3 {
-                for ky in 0..p {
-                    let src = c * s * s + (gy * p + ky) * s + gx * p;
-                    for (o, &v) in dst[t..t + p].iter_mut().zip(&image[src..src + p]) {
-                        *o = map(v);
-                    }
-                    t += p;
-                }
-            }
+    let mut cols = vec![T::default(); cfg.num_patches() * 3 * p * p];
+    crate::kernels::im2col_runs(s, p, |src, dst| {
+        for (o, &v) in cols[dst..dst + p].iter_mut().zip(&image[src..src + p]) {
+            *o = map(v);
         }
-    }
+    });
     cols
 }
 

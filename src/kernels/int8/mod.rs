@@ -137,6 +137,13 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
+    /// The bytes of the first 32-channel block of VNNI-packed weights (what a GEMM on them
+    /// reads first).
+    #[cfg(target_arch = "x86_64")]
+    fn first_vnni_block(&self) -> &[i8] {
+        &self.data[..(self.kp * super::arch::x86_64::avx512vnni::NR).min(self.data.len())]
+    }
+
     /// Packs `w` (`[n, k]`, PyTorch's `[out, in]`) for the [`selected_isa`].
     pub fn new(w: &[i8], n: usize, k: usize) -> Result<PackedWeights, GemmError> {
         Self::with_isa(selected_isa(), w, n, k)
@@ -528,6 +535,20 @@ pub fn gemm_i8_scalar(m: usize, k: usize, n: usize, a: &[i8], w: &[i8], out: &mu
 
 /// `out = a · wᵀ` with `a` `m × k` and prepacked weights.
 pub fn gemm_i8_packed(m: usize, a: &[i8], w: &PackedWeights, out: &mut [i32]) -> Result<(), GemmError> {
+    gemm_i8_packed_then(m, a, w, out, None)
+}
+
+/// [`gemm_i8_packed`], telling the kernel which weights the next GEMM will use, so that it
+/// can fetch them into the cache while it computes (the AVX-512 VNNI kernel does; the
+/// others ignore the hint). Results are the same with or without it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn gemm_i8_packed_then(
+    m: usize,
+    a: &[i8],
+    w: &PackedWeights,
+    out: &mut [i32],
+    next: Option<&PackedWeights>,
+) -> Result<(), GemmError> {
     let (k, n) = (w.k, w.n);
     check_len("a", a.len(), m * k, m, k, n)?;
     check_len("out", out.len(), m * n, m, k, n)?;
@@ -551,7 +572,10 @@ pub fn gemm_i8_packed(m: usize, a: &[i8], w: &PackedWeights, out: &mut [i32]) ->
         Isa::Avx512Vnni => with_reused_buffer(
             &PACKED_AU8,
             |ap| pack_a_vnni(a, m, k, kp, ap),
-            |ap| super::arch::x86_64::avx512vnni::gemm(m, n, kp, ap, &w.data, &w.corr, out),
+            |ap| {
+                let then = next.map_or(&[][..], |p| p.first_vnni_block());
+                super::arch::x86_64::avx512vnni::gemm(m, n, kp, ap, &w.data, &w.corr, out, then)
+            },
         ),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => super::arch::aarch64::neon::gemm(m, n, kp, &pack_a_neon(a, m, k, kp), &w.data, out),

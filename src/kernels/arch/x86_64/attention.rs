@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::epilogue::pack_i8x64;
 use super::fixed::{
     half, hmax_epi32, hsum_epu64, lane_mask, load_i32x8, load_partial_i32x8, pack_i8x8, store_i32x8, MulV,
 };
@@ -247,18 +248,29 @@ unsafe fn softmax_rows_i8_avx512(logits: &[i32], n: usize, to_q16: Multiplier, p
         }
         // Σe ≥ exp_q16(0) = 65554, so the factor is < 2^32 and e·factor ≤ 2^48 is exact.
         let factor = _mm512_set1_epi64(((1u64 << 48) / _mm512_reduce_add_epi64(sum) as u64) as i64);
-        // 3. p = shift_round(e·factor, 32), then min(shift_round(p, 9), 127).
-        for (c, chunk) in buf.chunks_exact(16).enumerate() {
-            let k = if c + 1 == vecs { tail } else { 0xffff };
+        // 3. p = shift_round(e·factor, 32), then min(shift_round(p, 9), 127): four vectors
+        // to one 64-byte store while whole groups of four remain, then vector by vector.
+        let prob = |chunk: &[i32]| {
             // SAFETY: `chunk` holds 16 int32 (64 bytes).
             let e = unsafe { _mm512_loadu_si512(chunk.as_ptr().cast()) };
             let pe = _mm512_srli_epi64::<32>(_mm512_add_epi64(_mm512_mul_epu32(e, factor), round));
             let po = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64::<32>(e), factor), round);
             let p = _mm512_mask_blend_epi32(0xAAAA, pe, po);
             let q7 = _mm512_srli_epi32::<9>(_mm512_add_epi32(p, _mm512_set1_epi32(256)));
-            let bytes = _mm512_cvtepi32_epi8(_mm512_min_epi32(q7, _mm512_set1_epi32(127)));
-            // SAFETY: bytes 16c..16c + 16 of the row where `k` is set are in bounds (as for
-            // the load above); masked-off bytes are not written.
+            _mm512_min_epi32(q7, _mm512_set1_epi32(127))
+        };
+        let groups = n / 64;
+        for (g, dst) in pr.chunks_exact_mut(64).enumerate() {
+            let b = &buf[64 * g..];
+            let v = pack_i8x64(prob(&b[..16]), prob(&b[16..32]), prob(&b[32..48]), prob(&b[48..64]));
+            // SAFETY: `dst` holds 64 bytes; storeu has no alignment requirement.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+        }
+        for (c, chunk) in buf.chunks_exact(16).enumerate().skip(4 * groups) {
+            let k = if c + 1 == vecs { tail } else { 0xffff };
+            let bytes = _mm512_cvtepi32_epi8(prob(chunk));
+            // SAFETY: bytes 16c..16c + 16 of the row where `k` is set are in bounds (the row
+            // holds n = 16(vecs − 1) + rem values); masked-off bytes are not written.
             unsafe { _mm_mask_storeu_epi8(pr.as_mut_ptr().add(c * 16).cast(), k, bytes) };
         }
     }

@@ -20,8 +20,11 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
 }
 
-/// `out[m×n] = A · Wᵀ` on packed operands; `corr[j] = 128 · Σ_k w[j][k]`.
-pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
+/// `out[m×n] = A · Wᵀ` on packed operands; `corr[j] = 128 · Σ_k w[j][k]`. `then`: bytes
+/// the next GEMM starts with (its first weight block), fetched while this one computes
+/// its last block (a hint: prefetches change no result).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32], then: &[i8]) {
     assert!(available(), "avx512vnni kernel called on a CPU without AVX-512 VNNI");
     let np = n.div_ceil(NR) * NR;
     assert!(kp.is_multiple_of(KG), "avx512vnni: kp {kp} is not a multiple of {KG}");
@@ -30,31 +33,32 @@ pub fn gemm(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out
     assert!(corr.len() >= n, "avx512vnni: column corrections");
     assert_eq!(out.len(), m * n, "avx512vnni: output size");
     // SAFETY: AVX-512F and VNNI are present (asserted above with run-time detection).
-    unsafe { gemm_vnni(m, n, kp, a, w, corr, out) }
+    unsafe { gemm_vnni(m, n, kp, a, w, corr, out, then) }
 }
 
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32]) {
+#[allow(clippy::too_many_arguments)]
+fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], out: &mut [i32], then: &[i8]) {
     let block = (kp * NR).max(1);
     let blocks = n.div_ceil(NR);
-    // Lines of the next weight block fetched ahead per row tile: the whole block over the
-    // first tiles of this one (the weights of a layer come from L3 once per image).
-    let tiles = m.div_ceil(MR);
-    let lines_per_tile = (block / 64).div_ceil(tiles.max(1));
+    let tiles = m.div_ceil(MR).max(1);
     for (jb, wblock) in w.chunks_exact(block).enumerate().take(blocks) {
         let j0 = jb * NR;
         let cols = NR.min(n - j0);
         let corr = &corr[j0..j0 + cols];
-        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks);
+        // Fetched ahead, spread over the first tiles of this block: the next weight block
+        // (the weights of a layer come from L3 once per image), or after the last block
+        // the next GEMM's first (which would otherwise start cold).
+        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then);
+        let lines = next.len() / 64;
+        let lines_per_tile = lines.div_ceil(tiles);
         let mut i0 = 0;
         while i0 < m {
-            if let Some(next) = next {
-                let t = i0 / MR;
-                for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(block / 64) {
-                    // SAFETY: byte 64·l of `next` is in bounds (l < block/64); a prefetch
-                    // never faults and changes no state visible to the program.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
-                }
+            let t = i0 / MR;
+            for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(lines) {
+                // SAFETY: byte 64·l of `next` is in bounds (l < next.len() / 64); a prefetch
+                // never faults and changes no state visible to the program.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
             }
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];

@@ -10,7 +10,9 @@
 use std::arch::x86_64::*;
 
 use super::fixed::half;
-use crate::kernels::epilogue::{quantize_i8_slice_generic, requant_i32_generic, requant_i8_generic, residual_generic};
+use crate::kernels::epilogue::{
+    quantize_i8_slice_generic, quantize_im2col_i8_generic, requant_i32_generic, requant_i8_generic, residual_generic,
+};
 use crate::quant::fixed::sat_i8;
 use crate::quant::gelu::GeluTable;
 use crate::quant::norm::LayerNormI16;
@@ -136,6 +138,72 @@ pub fn quantize_i8_slice(x: &[f32], scale: f32, out: &mut [i8]) {
     }
     // SAFETY: the CPU supports AVX2 (checked above); safe Rust otherwise.
     unsafe { quantize_i8_avx2(x, scale, out) }
+}
+
+/// Four vectors of int32 lanes in `−128..=127` as 64 bytes, `a` first: the saturating
+/// packs interleave the four per 128-bit lane, the dword permute puts them back in order.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) fn pack_i8x64(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m512i {
+    // After the packs, dword 4L + v holds elements 4L..4L + 4 of vector v (a, b, c, d).
+    let bytes = _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+    _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), bytes)
+}
+
+/// [`crate::kernels::epilogue::quantize_im2col_i8`]. With AVX-512 and patches a multiple
+/// of 16 wide (DeiT's 16): per patch and channel the `p·p` values are contiguous in the
+/// matrix, so four 16-pixel runs are quantised ([`quantize_i8_avx512`]'s operations) and
+/// stored as one 64-byte vector. Other widths: the generic code compiled with AVX2.
+pub fn quantize_im2col_i8(image: &[f32], size: usize, p: usize, scale: f32, out: &mut [i8]) {
+    assert!(available());
+    assert!(p > 0 && size.is_multiple_of(p) && image.len() == 3 * size * size && out.len() == image.len());
+    if avx512_available() && p.is_multiple_of(16) {
+        // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); every load and store is
+        // bounds-checked slicing (see the function).
+        return unsafe { quantize_im2col_i8_avx512(image, size, p, scale, out) };
+    }
+    // SAFETY: the CPU supports AVX2 (asserted above); safe Rust otherwise.
+    unsafe { quantize_im2col_i8_avx2(image, size, p, scale, out) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_im2col_i8_avx2(image: &[f32], size: usize, p: usize, scale: f32, out: &mut [i8]) {
+    quantize_im2col_i8_generic(image, size, p, scale, out)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn quantize_im2col_i8_avx512(image: &[f32], size: usize, p: usize, scale: f32, out: &mut [i8]) {
+    let (g, per_run) = (size / p, p / 16);
+    let sv = _mm512_set1_ps(scale);
+    let quant = |src: usize| {
+        let x = &image[src..src + 16];
+        // SAFETY: `x` holds 16 f32 (64 bytes); loadu has no alignment requirement.
+        round_half_up_to_i8_512(_mm512_div_ps(unsafe { _mm512_loadu_ps(x.as_ptr()) }, sv))
+    };
+    let k = 3 * p * p;
+    // In image order (channel, patch row, four-chunk group, patch column), so that the
+    // image is read as a few sequential streams; each group is one 64-byte store.
+    for c in 0..3 {
+        for gy in 0..g {
+            for q in 0..p * p / 64 {
+                // Chunk j of a patch's block: row j / per_run of the patch, columns from
+                // 16·(j % per_run); the group's four chunks start at column gx·p.
+                let src = |j: usize| c * size * size + (gy * p + j / per_run) * size + 16 * (j % per_run);
+                let s4 = [src(4 * q), src(4 * q + 1), src(4 * q + 2), src(4 * q + 3)];
+                for gx in 0..g {
+                    let v = pack_i8x64(
+                        quant(s4[0] + gx * p),
+                        quant(s4[1] + gx * p),
+                        quant(s4[2] + gx * p),
+                        quant(s4[3] + gx * p),
+                    );
+                    let dst = &mut out[(gy * g + gx) * k + c * p * p + 64 * q..][..64];
+                    // SAFETY: `dst` holds 64 bytes; storeu has no alignment requirement.
+                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+                }
+            }
+        }
+    }
 }
 
 /// `LayerNormI16::apply_generic` with intrinsics for rows whose width is a multiple of 16
