@@ -115,43 +115,43 @@ fn transpose_quad_avx2(rows: [&[i8]; 4], out: &mut [i8]) {
 }
 
 /// One `R × cols` output tile (`cols = corr.len() ≤ 32`): rows `r` of `out` start at
-/// `r·n`. Full 32-column tiles go from the registers to `out` with the correction
-/// subtracted; narrower ones (the last column block) through a small buffer.
+/// `r·n`. Goes from the registers to `out` with the correction subtracted, the last
+/// partial 16 columns under a lane mask; a tile of at most 16 columns (the last column
+/// block of most shapes, e.g. the 197 keys of a DeiT-T head) computes only those.
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
 fn tile<const R: usize>(a: &[u8], kp: usize, w: &[i8], corr: &[i32], n: usize, out: &mut [i32]) {
-    let acc = kernel::<R>(a, kp, w);
     let cols = corr.len();
-    if cols == NR {
-        assert!(out.len() >= (R - 1) * n + NR, "avx512vnni: output tile out of bounds");
-        // SAFETY: `corr` holds 32 i32 (two 64-byte vectors); loadu has no alignment requirement.
-        let (c0, c1) = unsafe {
-            let p = corr.as_ptr() as *const __m512i;
-            (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1)))
-        };
-        for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: elements r·n .. r·n + 32 of `out` are in bounds (asserted above for
-            // r < R); storeu has no alignment requirement.
-            unsafe {
-                let p = out.as_mut_ptr().add(r * n) as *mut __m512i;
-                _mm512_storeu_si512(p, _mm512_sub_epi32(acc[0], c0));
-                _mm512_storeu_si512(p.add(1), _mm512_sub_epi32(acc[1], c1));
-            }
+    assert!((1..=NR).contains(&cols), "avx512vnni: tile of {cols} columns");
+    assert!(out.len() >= (R - 1) * n + cols, "avx512vnni: output tile out of bounds");
+    // Lanes of the last 16-column half (`cols` is 1..=16 in it, or 17..=32 over both).
+    let tail = (cols - 1) % 16 + 1;
+    let k: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+    // SAFETY: the lanes set in `k` are the last `tail` of the `cols` values of `corr`
+    // (masked-off lanes are not read); the first half, when there are two, is 16 values.
+    let (c0, c1) = unsafe {
+        let p = corr.as_ptr();
+        if cols > 16 {
+            (_mm512_loadu_si512(p.cast()), _mm512_maskz_loadu_epi32(k, p.add(16).cast()))
+        } else {
+            (_mm512_maskz_loadu_epi32(k, p.cast()), _mm512_setzero_si512())
+        }
+    };
+    if cols <= 16 {
+        for (r, acc) in kernel_half::<R>(a, kp, w).iter().enumerate() {
+            // SAFETY: elements r·n .. r·n + cols of `out` are in bounds (asserted above for
+            // r < R) and `k` covers exactly `cols` lanes; masked-off lanes are not written.
+            unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(r * n).cast(), k, _mm512_sub_epi32(*acc, c0)) };
         }
         return;
     }
-    let mut buf = [[0i32; NR]; R];
-    for (t, acc) in buf.iter_mut().zip(&acc) {
-        // SAFETY: each buffer row holds 32 i32 = two 64-byte vectors; storeu is unaligned.
+    for (r, acc) in kernel::<R>(a, kp, w).iter().enumerate() {
+        // SAFETY: elements r·n .. r·n + cols of `out` are in bounds (asserted above for
+        // r < R): 16 from r·n, then the `tail` lanes of `k` from r·n + 16.
         unsafe {
-            let p = t.as_mut_ptr() as *mut __m512i;
-            _mm512_storeu_si512(p, acc[0]);
-            _mm512_storeu_si512(p.add(1), acc[1]);
-        }
-    }
-    for (r, trow) in buf.iter().enumerate() {
-        for ((o, &t), &c) in out[r * n..r * n + cols].iter_mut().zip(&trow[..cols]).zip(corr) {
-            *o = t.wrapping_sub(c);
+            let p = out.as_mut_ptr().add(r * n);
+            _mm512_storeu_si512(p.cast(), _mm512_sub_epi32(acc[0], c0));
+            _mm512_mask_storeu_epi32(p.add(16).cast(), k, _mm512_sub_epi32(acc[1], c1));
         }
     }
 }
@@ -176,6 +176,25 @@ fn kernel<const R: usize>(a: &[u8], kp: usize, w: &[i8]) -> [[__m512i; 2]; R] {
             let av = _mm512_set1_epi32(quad);
             acc[0] = _mm512_dpbusd_epi32(acc[0], av, w0);
             acc[1] = _mm512_dpbusd_epi32(acc[1], av, w1);
+        }
+    }
+    acc
+}
+
+/// [`kernel`] for the first 16 channels of the block only (half 0 of each k-quad's 128
+/// bytes).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+fn kernel_half<const R: usize>(a: &[u8], kp: usize, w: &[i8]) -> [__m512i; R] {
+    assert!(R <= MR && a.len() >= R * kp && w.len() >= kp * NR);
+    let mut acc = [_mm512_setzero_si512(); R];
+    for q in 0..kp / 4 {
+        // SAFETY: bytes q·128 .. q·128 + 64 of `w` are in bounds (as in `kernel`).
+        let w0 = unsafe { _mm512_loadu_si512(w.as_ptr().add(q * 128).cast()) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as in `kernel`.
+            let quad = unsafe { (a.as_ptr().add(r * kp + 4 * q) as *const i32).read_unaligned() };
+            *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(quad), w0);
         }
     }
     acc
