@@ -214,6 +214,14 @@ impl PackedWeights {
 
     /// [`Self::fill_rows`] for this kernel's k-group.
     fn fill_rows_any<'a>(&mut self, row: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni && self.k.is_multiple_of(64) && is_x86_feature_detected!("avx512bw") {
+            let (n, k) = (self.n, self.k);
+            if super::arch::x86_64::avx512vnni::pack_rows_k64(n, k, &row, &mut self.data, &mut self.corr) {
+                return Ok(());
+            }
+            // A −128 somewhere: the element packing names it.
+        }
         match self.isa.layout().0 {
             1 => self.fill_rows::<1>(row),
             2 => self.fill_rows::<2>(row),
@@ -268,6 +276,14 @@ impl PackedWeights {
 
     /// [`Self::fill_cols`] for this kernel's k-group.
     fn fill_cols_any<'a>(&mut self, col: impl Fn(usize) -> &'a [i8]) -> Result<(), GemmError> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni && self.n.is_multiple_of(16) && is_x86_feature_detected!("avx512bw") {
+            let (n, k) = (self.n, self.k);
+            if super::arch::x86_64::avx512vnni::pack_cols_n16(n, k, &col, &mut self.data, &mut self.corr) {
+                return Ok(());
+            }
+            // A −128 somewhere: the element packing names it.
+        }
         match self.isa.layout().0 {
             1 => self.fill_cols::<1>(col),
             2 => self.fill_cols::<2>(col),

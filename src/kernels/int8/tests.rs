@@ -364,7 +364,22 @@ proptest! {
 #[test]
 fn fast_packers_match_the_element_packing() {
     for isa in Isa::available() {
-        for (n, k) in [(1, 1), (3, 5), (16, 32), (17, 33), (21, 37), (64, 197), (197, 64)] {
+        // (The VNNI packers transpose blocks when k is a multiple of 64 (rows) or n of 16
+        // (columns).)
+        for (n, k) in [
+            (1, 1),
+            (3, 5),
+            (16, 32),
+            (17, 33),
+            (21, 37),
+            (64, 197),
+            (197, 64),
+            (5, 64),
+            (33, 128),
+            (100, 64),
+            (32, 9),
+            (48, 1),
+        ] {
             let w = fill(n * k, (n * 31 + k) as u64, -127, 127);
             let want = PackedWeights::pack_layout(isa, n, k, |j, t| w[j * k + t]).unwrap();
             assert_eq!(PackedWeights::with_isa(isa, &w, n, k).unwrap(), want, "{isa} rows {n}x{k}");
@@ -382,6 +397,24 @@ fn fast_packers_match_the_element_packing() {
 
 #[test]
 fn packers_refuse_minus_128_with_its_position() {
+    // Shapes the VNNI packers transpose in blocks (k a multiple of 64 for rows, n of 16
+    // for columns) and others.
+    for (n, k, j, t) in [(5, 64, 3, 60), (48, 128, 37, 70), (16, 9, 15, 8)] {
+        let mut w = fill(n * k, 3, -127, 127);
+        w[j * k + t] = i8::MIN;
+        let mut w_t = vec![0i8; k * n];
+        for jj in 0..n {
+            for tt in 0..k {
+                w_t[tt * n + jj] = w[jj * k + tt];
+            }
+        }
+        for isa in Isa::available() {
+            let got = PackedWeights::with_isa(isa, &w, n, k).unwrap_err();
+            assert_eq!(got, GemmError::WeightRange { row: j, col: t }, "{isa} rows {n}x{k}");
+            let got = PackedWeights::pack_cols(isa, n, k, |tt| &w_t[tt * n..(tt + 1) * n]).unwrap_err();
+            assert_eq!(got, GemmError::WeightRange { row: j, col: t }, "{isa} cols {n}x{k}");
+        }
+    }
     let (n, k) = (5, 7);
     let mut w = fill(n * k, 3, -127, 127);
     w[3 * k + 4] = i8::MIN;

@@ -78,6 +78,185 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
     }
 }
 
+/// Packs the `n × k` matrix with rows `row(j)` (`k` a multiple of 64) into the layout above
+/// (`data`: `np·k` bytes, zeroed padding channels stay 0) and sets `corr[j] = 128·Σ row(j)`:
+/// per 16 channels and 64 columns, a 16 × 16 transpose of dwords (one k-quad of 16
+/// channels per output vector), the row sums by `vpdpbusd` of ones with those vectors.
+/// `false` (the packing incomplete) if a value is −128, which the kernel's correction
+/// cannot take; the caller finds its position.
+pub fn pack_rows_k64<'a>(
+    n: usize,
+    k: usize,
+    row: impl Fn(usize) -> &'a [i8],
+    data: &mut [i8],
+    corr: &mut [i32],
+) -> bool {
+    assert!(available() && is_x86_feature_detected!("avx512bw"), "pack_rows_k64 without AVX-512 VNNI/BW");
+    assert!(k.is_multiple_of(64) && data.len() == n.div_ceil(NR) * NR * k && corr.len() == n, "pack_rows_k64: sizes");
+    // SAFETY: AVX-512 F/BW and VNNI are present (asserted above); every access is a
+    // bounds-checked slice (see the function).
+    unsafe { pack_rows_k64_avx512(n, k, row, data, corr) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn pack_rows_k64_avx512<'a>(
+    n: usize,
+    k: usize,
+    row: impl Fn(usize) -> &'a [i8],
+    data: &mut [i8],
+    corr: &mut [i32],
+) -> bool {
+    let kq = k / KG;
+    let (ones, min) = (_mm512_set1_epi8(1), _mm512_set1_epi8(i8::MIN));
+    let mut bad: __mmask64 = 0;
+    for j0 in (0..n).step_by(16) {
+        let (jb, h) = (j0 / NR, j0 % NR / 16);
+        let mut sums = _mm512_setzero_si512();
+        for kc in 0..k / 64 {
+            let r: [__m512i; 16] =
+                std::array::from_fn(|i| match (j0 + i < n).then(|| &row(j0 + i)[kc * 64..kc * 64 + 64]) {
+                    Some(v) => {
+                        // SAFETY: `v` holds 64 bytes; loadu has no alignment requirement.
+                        let x = unsafe { _mm512_loadu_si512(v.as_ptr().cast()) };
+                        bad |= _mm512_cmpeq_epi8_mask(x, min);
+                        x
+                    }
+                    _ => _mm512_setzero_si512(),
+                });
+            for (q, v) in transpose16x16_epi32(r).into_iter().enumerate() {
+                sums = _mm512_dpbusd_epi32(sums, ones, v);
+                let at = ((jb * kq + kc * 16 + q) * NR + h * 16) * KG;
+                let dst = &mut data[at..at + 64];
+                // SAFETY: `dst` holds 64 bytes; storeu has no alignment requirement.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+            }
+        }
+        let mut lanes = [0i32; 16];
+        // SAFETY: `lanes` holds 16 i32 (64 bytes).
+        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), sums) };
+        for (c, s) in corr[j0..(j0 + 16).min(n)].iter_mut().zip(lanes) {
+            *c = 128 * s;
+        }
+    }
+    bad == 0
+}
+
+/// [`pack_rows_k64`] for the transpose: packs the `n × k` matrix whose column `t` is
+/// `col(t)` (`n` a multiple of 16; e.g. one head's `V` for `P·V`, rows of `V` as columns)
+/// and sets `corr`. Per k-quad and 16 channels, byte and word interleaves of the quad's
+/// four columns give the 64 packed bytes; the sums by `vpdpbusd` of ones with them.
+/// `false` if a value is −128.
+pub fn pack_cols_n16<'a>(
+    n: usize,
+    k: usize,
+    col: impl Fn(usize) -> &'a [i8],
+    data: &mut [i8],
+    corr: &mut [i32],
+) -> bool {
+    assert!(available() && is_x86_feature_detected!("avx512bw"), "pack_cols_n16 without AVX-512 VNNI/BW");
+    let kq = k.div_ceil(KG);
+    assert!(
+        n.is_multiple_of(16) && data.len() == n.div_ceil(NR) * NR * kq * KG && corr.len() == n,
+        "pack_cols_n16: sizes"
+    );
+    // SAFETY: AVX-512 F/BW and VNNI are present (asserted above); every access is a
+    // bounds-checked slice (see the function).
+    unsafe { pack_cols_n16_avx512(n, k, col, data, corr) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn pack_cols_n16_avx512<'a>(
+    n: usize,
+    k: usize,
+    col: impl Fn(usize) -> &'a [i8],
+    data: &mut [i8],
+    corr: &mut [i32],
+) -> bool {
+    let kq = k.div_ceil(KG);
+    let (ones, min) = (_mm512_set1_epi8(1), _mm_set1_epi8(i8::MIN));
+    let mut sums = vec![_mm512_setzero_si512(); n / 16];
+    let mut bad = 0u16;
+    for q in 0..kq {
+        let cols: [&[i8]; KG] = std::array::from_fn(|t| if KG * q + t < k { &col(KG * q + t)[..n] } else { &[] });
+        for (hb, sum) in sums.iter_mut().enumerate() {
+            let c0 = 16 * hb;
+            let x: [__m128i; KG] = std::array::from_fn(|t| match cols[t].get(c0..c0 + 16) {
+                Some(v) => {
+                    // SAFETY: `v` holds 16 bytes; loadu has no alignment requirement.
+                    let x = unsafe { _mm_loadu_si128(v.as_ptr().cast()) };
+                    bad |= _mm_cmpeq_epi8_mask(x, min);
+                    x
+                }
+                None => _mm_setzero_si128(),
+            });
+            let (lo01, hi01) = (_mm_unpacklo_epi8(x[0], x[1]), _mm_unpackhi_epi8(x[0], x[1]));
+            let (lo23, hi23) = (_mm_unpacklo_epi8(x[2], x[3]), _mm_unpackhi_epi8(x[2], x[3]));
+            // Channels 0-3, 4-7, 8-11, 12-15 of this half, four bytes (the quad) each.
+            let v = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_set_m128i(
+                    _mm_unpackhi_epi16(lo01, lo23),
+                    _mm_unpacklo_epi16(lo01, lo23),
+                )),
+                _mm256_set_m128i(_mm_unpackhi_epi16(hi01, hi23), _mm_unpacklo_epi16(hi01, hi23)),
+            );
+            *sum = _mm512_dpbusd_epi32(*sum, ones, v);
+            let at = ((c0 / NR * kq + q) * NR + c0 % NR) * KG;
+            let dst = &mut data[at..at + 64];
+            // SAFETY: `dst` holds 64 bytes; storeu has no alignment requirement.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+        }
+    }
+    for (hb, sum) in sums.iter().enumerate() {
+        let mut lanes = [0i32; 16];
+        // SAFETY: `lanes` holds 16 i32 (64 bytes).
+        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), *sum) };
+        for (c, s) in corr[16 * hb..16 * hb + 16].iter_mut().zip(lanes) {
+            *c = 128 * s;
+        }
+    }
+    bad == 0
+}
+
+/// `out[q]` lane `i` = dword `q` of `r[i]`: the 16 × 16 dword transpose (unpack pairs of
+/// dwords, then of qwords, within 128-bit lanes; then two rounds of 128-bit lane shuffles).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
+    // t[2p], t[2p+1]: rows 2p, 2p+1 interleaved (dwords 4L, 4L+1 | 4L+2, 4L+3 per lane L).
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4g + s], lane L: dword 4L + s of rows 4g .. 4g + 4.
+    let u: [__m512i; 16] = std::array::from_fn(|i| {
+        let (g, s) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + s / 2], t[4 * g + 2 + s / 2]);
+        if s % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // out[4L + s] = lanes L of u[s], u[4 + s], u[8 + s], u[12 + s].
+    std::array::from_fn(|q| {
+        let (l, s) = (q / 4, q % 4);
+        let (v, x) = if l < 2 {
+            (_mm512_shuffle_i32x4::<0x44>(u[s], u[4 + s]), _mm512_shuffle_i32x4::<0x44>(u[8 + s], u[12 + s]))
+        } else {
+            (_mm512_shuffle_i32x4::<0xEE>(u[s], u[4 + s]), _mm512_shuffle_i32x4::<0xEE>(u[8 + s], u[12 + s]))
+        };
+        if l % 2 == 0 {
+            _mm512_shuffle_i32x4::<0x88>(v, x)
+        } else {
+            _mm512_shuffle_i32x4::<0xDD>(v, x)
+        }
+    })
+}
+
 /// One packed tile of a transposed operand: `out[4c + t] = rows[t][c]` for 32 channels
 /// `c` and the 4 rows `t` of a k-quad (the `[half][channel][t]` order above), by byte and
 /// word interleaves (AVX2, which every VNNI CPU has).
