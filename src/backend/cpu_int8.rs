@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::op_timers::{time, Op};
 use super::{Backend, BackendError, Layout};
-use crate::kernels::int8::{gemm_i8_packed, gemm_i8_packed_then, PackedWeights};
+use crate::kernels::int8::{gemm_i8_packed, gemm_i8_packed_then, gemm_i8_requant_then, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
@@ -142,6 +142,38 @@ fn gemm_then(
     })
 }
 
+/// `out = sat8(requant(a · Wᵀ + bias))` of the Linear layer `l` (int8, `m × n`), rows split
+/// over `threads` ([`gemm_i8_requant_then`]: requantised in the GEMM's tiles where the
+/// kernel can, else through `acc`).
+fn gemm_requant(
+    threads: usize,
+    l: &QLinear,
+    a: &[i8],
+    m: usize,
+    out: &mut [i8],
+    next: Option<&PackedWeights>,
+    acc: &mut Vec<i32>,
+) -> Result<(), BackendError> {
+    let (w, k, n) = (&l.packed, l.packed.in_features(), l.out_features());
+    let t = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
+    if t == 1 || n == 0 || k == 0 {
+        return gemm_i8_requant_then(m, a, w, &l.bias, &l.requant, out, next, acc).map_err(gemm_err);
+    }
+    let per = m.div_ceil(t);
+    std::thread::scope(|sc| {
+        let jobs: Vec<_> = a
+            .chunks(per * k)
+            .zip(out.chunks_mut(per * n))
+            .map(|(ac, oc)| {
+                sc.spawn(move || {
+                    gemm_i8_requant_then(ac.len() / k, ac, w, &l.bias, &l.requant, oc, next, &mut Vec::new())
+                })
+            })
+            .collect();
+        jobs.into_iter().try_for_each(|j| j.join().expect("GEMM thread panicked")).map_err(gemm_err)
+    })
+}
+
 /// [`gemm_into`] into a new buffer.
 fn gemm(threads: usize, w: &PackedWeights, a: &[i8], m: usize) -> Result<Vec<i32>, BackendError> {
     let mut out = vec![0i32; m * w.out_features()];
@@ -231,10 +263,8 @@ pub fn block_with(
     let hd = d / heads;
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm1.apply(x, y));
-    let acc = sized(&mut s.acc, rows * 3 * d);
-    time(Op::QkvGemm, || gemm_then(threads, &b.qkv.packed, y, rows, acc, Some(&b.proj.packed)))?;
     let qkv = sized(&mut s.qkv, rows * 3 * d);
-    time(Op::QkvRequant, || epilogue::requant_i8(acc, &b.qkv.bias, &b.qkv.requant, qkv));
+    time(Op::QkvGemm, || gemm_requant(threads, &b.qkv, y, rows, qkv, Some(&b.proj.packed), &mut s.acc))?;
     let qkv = &*qkv;
     let ctx = sized(&mut s.ctx, rows * d);
     // Attention, one head at a time (heads split over threads).
@@ -271,11 +301,9 @@ pub fn block_with(
     // MLP.
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm2.apply(x, y));
-    let hidden = b.fc1.out_features();
-    let acc = sized(&mut s.acc, rows * hidden);
-    time(Op::Fc1Gemm, || gemm_then(threads, &b.fc1.packed, y, rows, acc, Some(&b.fc2.packed)))?;
-    let hid = sized(&mut s.hid, rows * hidden);
-    time(Op::Gelu, || epilogue::requant_gelu_i8(acc, &b.fc1.bias, &b.fc1.requant, &b.hidden, hid));
+    let hid = sized(&mut s.hid, rows * b.fc1.out_features());
+    time(Op::Fc1Gemm, || gemm_requant(threads, &b.fc1, y, rows, hid, Some(&b.fc2.packed), &mut s.acc))?;
+    time(Op::Gelu, || epilogue::gelu_table_i8(&b.hidden, hid));
     let acc = sized(&mut s.acc, rows * d);
     time(Op::Fc2Gemm, || gemm_then(threads, &b.fc2.packed, hid, rows, acc, next.map(|n| &n.qkv.packed)))?;
     time(Op::Residual, || epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x));
@@ -312,10 +340,9 @@ fn linear_gelu_into(
     acc: &mut Vec<i32>,
     out: &mut Vec<i8>,
 ) -> Result<(), BackendError> {
-    let n = l.out_features();
-    let acc = sized(acc, m * n);
-    gemm_into(threads, &l.packed, a, m, acc)?;
-    epilogue::requant_gelu_i8(acc, &l.bias, &l.requant, gelu, sized(out, m * n));
+    let out = sized(out, m * l.out_features());
+    gemm_requant(threads, l, a, m, out, None, acc)?;
+    epilogue::gelu_table_i8(gelu, out);
     Ok(())
 }
 

@@ -13,9 +13,9 @@ pub enum Op {
     Embed,
     /// Both LayerNorms of each block.
     LayerNorm,
+    /// The qkv GEMM and its requantisation to int8 (fused into the GEMM's tiles on
+    /// AVX-512 VNNI).
     QkvGemm,
-    /// qkv accumulators → int8.
-    QkvRequant,
     /// Each head's Q gathered and K, V packed as GEMM operands.
     HeadPack,
     QkGemm,
@@ -26,8 +26,9 @@ pub enum Op {
     ProjGemm,
     /// The residual adds after the projection and after fc2.
     Residual,
+    /// The fc1 GEMM and its requantisation to the int8 GELU input (fused as for qkv).
     Fc1Gemm,
-    /// fc1 accumulators → the int8 GELU input → the GELU table (int8).
+    /// The GELU table on fc1's int8 outputs.
     Gelu,
     Fc2Gemm,
     /// Token selectors (the scores, all layers).
@@ -35,11 +36,10 @@ pub enum Op {
 }
 
 /// Every [`Op`] with its name, in order.
-pub const OPS: [(Op, &str); 15] = [
+pub const OPS: [(Op, &str); 14] = [
     (Op::Embed, "embed"),
     (Op::LayerNorm, "layernorm"),
     (Op::QkvGemm, "qkv gemm"),
-    (Op::QkvRequant, "qkv requant"),
     (Op::HeadPack, "q/k/v pack"),
     (Op::QkGemm, "q·kT gemm"),
     (Op::Softmax, "softmax"),

@@ -14,6 +14,7 @@
 //! an ISA this CPU lacks is refused with a warning.
 #![forbid(unsafe_code)]
 
+use crate::quant::Multiplier;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -598,6 +599,53 @@ pub fn gemm_i8_packed_then(
         #[allow(unreachable_patterns)]
         isa => return Err(GemmError::Unsupported { isa }),
     }
+    Ok(())
+}
+
+/// `out[r, o] = sat8(requant[o](a·Wᵀ[r, o] + bias[o]))`: [`gemm_i8_packed_then`] followed
+/// by [`crate::kernels::epilogue::requant_i8`], the same integers. The AVX-512 VNNI
+/// kernel requantises each tile in registers when the channels come in groups of 16 (no
+/// int32 matrix is stored); otherwise the accumulators go through `acc` (resized).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_i8_requant_then(
+    m: usize,
+    a: &[i8],
+    w: &PackedWeights,
+    bias: &[i32],
+    requant: &[Multiplier],
+    out: &mut [i8],
+    next: Option<&PackedWeights>,
+    acc: &mut Vec<i32>,
+) -> Result<(), GemmError> {
+    let (k, n) = (w.k, w.n);
+    check_len("a", a.len(), m * k, m, k, n)?;
+    check_len("out", out.len(), m * n, m, k, n)?;
+    check_len("bias", bias.len(), n, m, k, n)?;
+    check_len("requant", requant.len(), n, m, k, n)?;
+    #[cfg(target_arch = "x86_64")]
+    if w.isa == Isa::Avx512Vnni
+        && m > 0
+        && k > 0
+        && n.is_multiple_of(16)
+        && super::arch::x86_64::epilogue::avx512_available()
+    {
+        let kp = w.kp;
+        with_reused_buffer(
+            &PACKED_AU8,
+            |ap| pack_a_vnni(a, m, k, kp, ap),
+            |ap| {
+                let then = next.map_or(&[][..], |p| p.first_vnni_block());
+                super::arch::x86_64::avx512vnni::gemm_requant_i8(
+                    m, n, kp, ap, &w.data, &w.corr, bias, requant, out, then,
+                )
+            },
+        );
+        return Ok(());
+    }
+    acc.clear();
+    acc.resize(m * n, 0);
+    gemm_i8_packed_then(m, a, w, acc, next)?;
+    crate::kernels::epilogue::requant_i8(acc, bias, requant, out);
     Ok(())
 }
 

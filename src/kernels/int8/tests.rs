@@ -427,3 +427,58 @@ fn packers_refuse_minus_128_with_its_position() {
     }
     assert_eq!(PackedWeights::new_transposed(&w_t, k, n).unwrap_err(), GemmError::WeightRange { row: 3, col: 4 });
 }
+
+/// Bias values in the range the epilogues take (|bias| ≤ 2^30), the extremes included.
+fn bias_value() -> impl Strategy<Value = i32> {
+    prop_oneof![-5000i32..5000, -(1i32 << 30)..=(1 << 30), Just(1 << 30), Just(-(1 << 30)), Just(0)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    // The GEMM with the int8 requantisation (fused into the tiles on AVX-512 VNNI when the
+    // channels are groups of 16) equals the reference GEMM then the generic epilogue, on
+    // every kernel this CPU has, for any shapes (multiples of 16 and not), weights,
+    // activations, biases and multipliers.
+    #[test]
+    fn requantising_gemm_equals_gemm_then_epilogue(
+        (m, k, n, a, w, bias, requant) in
+            (1usize..20, 0usize..150, prop_oneof![Just(16usize), Just(32), Just(48), Just(80), 1usize..70])
+            .prop_flat_map(|(m, k, n)| (
+                Just(m), Just(k), Just(n),
+                prop::collection::vec(any::<i8>(), m * k),
+                prop::collection::vec(-127i8..=127, n * k),
+                prop::collection::vec(bias_value(), n),
+                prop::collection::vec(crate::kernels::strategies::any_multiplier(), n),
+            )),
+    ) {
+        let mut want = vec![0i8; m * n];
+        crate::kernels::epilogue::requant_i8_generic(&reference(m, k, n, &a, &w), &bias, &requant, &mut want);
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let packed = PackedWeights::with_isa(isa, &w, n, k).unwrap();
+            let mut got = vec![i8::MIN; m * n];
+            gemm_i8_requant_then(m, &a, &packed, &bias, &requant, &mut got, None, &mut Vec::new()).unwrap();
+            prop_assert_eq!(&got, &want, "{} m={} k={} n={}", isa, m, k, n);
+        }
+    }
+}
+
+#[test]
+fn requantising_gemm_refuses_wrong_sizes() {
+    let w = PackedWeights::new(&fill(32 * 8, 1, -127, 127), 32, 8).unwrap();
+    let a = fill(3 * 8, 2, -127, 127);
+    let ok_m = vec![Multiplier { m: 1 << 30, shift: 31 }; 32];
+    let mut out = vec![0i8; 3 * 32];
+    let mut acc = Vec::new();
+    assert!(matches!(
+        gemm_i8_requant_then(3, &a, &w, &[0; 31], &ok_m, &mut out, None, &mut acc),
+        Err(GemmError::Shape { what: "bias", .. })
+    ));
+    assert!(matches!(
+        gemm_i8_requant_then(3, &a, &w, &[0; 32], &ok_m[..30], &mut out, None, &mut acc),
+        Err(GemmError::Shape { what: "requant", .. })
+    ));
+    assert!(matches!(
+        gemm_i8_requant_then(3, &a, &w, &[0; 32], &ok_m, &mut out[..95], None, &mut acc),
+        Err(GemmError::Shape { what: "out", .. })
+    ));
+}

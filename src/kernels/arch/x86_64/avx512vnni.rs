@@ -12,6 +12,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::quant::Multiplier;
+
 pub const NR: usize = 32;
 pub const MR: usize = 8;
 pub const KG: usize = 4;
@@ -72,6 +74,125 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
                 3 => tile::<3>(a_rows, kp, wblock, corr, n, out),
                 2 => tile::<2>(a_rows, kp, wblock, corr, n, out),
                 _ => tile::<1>(a_rows, kp, wblock, corr, n, out),
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// [`gemm`] with the per-channel int8 requantisation done on each tile in registers:
+/// `out[r][j] = sat8(requant[j].apply(acc[r][j] + bias[j]))` (the operations of
+/// `kernels::epilogue::requant_i8`, lane for lane), so the int32 accumulators are never
+/// stored. `n` a multiple of 16.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_requant_i8(
+    m: usize,
+    n: usize,
+    kp: usize,
+    a: &[u8],
+    w: &[i8],
+    corr: &[i32],
+    bias: &[i32],
+    requant: &[Multiplier],
+    out: &mut [i8],
+    then: &[i8],
+) {
+    assert!(available() && super::epilogue::avx512_available(), "gemm_requant_i8 without AVX-512 VNNI/BW/DQ/VL");
+    let np = n.div_ceil(NR) * NR;
+    assert!(n.is_multiple_of(16), "gemm_requant_i8: {n} channels are not groups of 16");
+    assert!(kp.is_multiple_of(KG), "avx512vnni: kp {kp} is not a multiple of {KG}");
+    assert_eq!(a.len(), m * kp, "avx512vnni: packed A size");
+    assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
+    assert!(corr.len() >= n && bias.len() == n && requant.len() == n, "gemm_requant_i8: per-channel values");
+    assert_eq!(out.len(), m * n, "avx512vnni: output size");
+    // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are present (asserted above with run-time
+    // detection); every access is a bounds-checked slice (see the function).
+    unsafe { gemm_requant_vnni(m, n, kp, a, w, corr, bias, requant, out, then) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_requant_vnni(
+    m: usize,
+    n: usize,
+    kp: usize,
+    a: &[u8],
+    w: &[i8],
+    corr: &[i32],
+    bias: &[i32],
+    requant: &[Multiplier],
+    out: &mut [i8],
+    then: &[i8],
+) {
+    let chans = super::epilogue::channels16(requant);
+    let (lo, hi) = (_mm512_set1_epi64(-127), _mm512_set1_epi64(127));
+    let block = (kp * NR).max(1);
+    let blocks = n.div_ceil(NR);
+    let tiles = m.div_ceil(MR).max(1);
+    for (jb, wblock) in w.chunks_exact(block).enumerate().take(blocks) {
+        let j0 = jb * NR;
+        let halves = (n - j0).min(NR) / 16;
+        // bias − correction per channel of this block (the accumulators carry +corr);
+        // the second half's is unused when the block has only 16 channels.
+        let (c, b) = (&corr[j0..j0 + 16 * halves], &bias[j0..j0 + 16 * halves]);
+        // SAFETY: `c` and `b` hold 16·halves i32 (64 bytes per half); loadu has no
+        // alignment requirement.
+        let (cb0, cb1) = unsafe {
+            let sub = |h: usize| {
+                _mm512_sub_epi32(
+                    _mm512_loadu_si512(b.as_ptr().add(16 * h).cast()),
+                    _mm512_loadu_si512(c.as_ptr().add(16 * h).cast()),
+                )
+            };
+            (sub(0), if halves == 2 { sub(1) } else { _mm512_setzero_si512() })
+        };
+        let (ch0, ch1) = (&chans[j0 / 16], &chans[(j0 / 16 + halves - 1).min(chans.len() - 1)]);
+        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then);
+        let lines = next.len() / 64;
+        let lines_per_tile = lines.div_ceil(tiles);
+        let mut i0 = 0;
+        while i0 < m {
+            let t = i0 / MR;
+            for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(lines) {
+                // SAFETY: byte 64·l of `next` is in bounds (l < next.len() / 64); a prefetch
+                // never faults and changes no state visible to the program.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
+            }
+            let rows = MR.min(m - i0);
+            let a_rows = &a[i0 * kp..(i0 + rows) * kp];
+            // Row r of the tile: its 16 or 32 channels requantised and stored as bytes.
+            macro_rules! run {
+                ($r:literal) => {
+                    if halves == 2 {
+                        let acc = kernel::<$r>(a_rows, kp, wblock);
+                        for r in 0..$r {
+                            let q0 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r][0], cb0), ch0, lo, hi);
+                            let q1 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r][1], cb1), ch1, lo, hi);
+                            let v = _mm256_set_m128i(_mm512_cvtepi32_epi8(q1), _mm512_cvtepi32_epi8(q0));
+                            let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + 32];
+                            // SAFETY: `dst` holds 32 bytes; storeu has no alignment requirement.
+                            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+                        }
+                    } else {
+                        let acc = kernel_half::<$r>(a_rows, kp, wblock);
+                        for r in 0..$r {
+                            let q0 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r], cb0), ch0, lo, hi);
+                            let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + 16];
+                            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
+                            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0)) };
+                        }
+                    }
+                };
+            }
+            match rows {
+                8 => run!(8),
+                7 => run!(7),
+                6 => run!(6),
+                5 => run!(5),
+                4 => run!(4),
+                3 => run!(3),
+                2 => run!(2),
+                _ => run!(1),
             }
             i0 += rows;
         }

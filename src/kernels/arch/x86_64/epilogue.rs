@@ -52,15 +52,29 @@ pub fn vbmi_available() -> bool {
 /// entry from the table's first 128 bytes (`vpermi2b` on two registers, index bits 0..6)
 /// and from its last 128, and its bit 7 chooses between the two. The row's last partial
 /// vector is loaded and stored under a byte mask.
+/// The table's 256 bytes in four registers, for [`gelu_lookup`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn gelu_registers(gelu: &GeluTable) -> [__m512i; 4] {
+    // SAFETY: the table is 256 bytes; each load reads 64 of them (no alignment needed).
+    std::array::from_fn(|k| unsafe { _mm512_loadu_si512(gelu.0.as_ptr().add(64 * k).cast()) })
+}
+
+/// Each byte of `v`, read as an index 0..255, replaced by its entry of the table `t`
+/// ([`gelu_registers`]): the entry from the first 128 bytes (`vpermi2b` on two registers,
+/// index bits 0..6) or the last 128, chosen by bit 7.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[inline]
+pub(super) fn gelu_lookup(t: &[__m512i; 4], v: __m512i) -> __m512i {
+    let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
+    let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
+    _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn gelu_table_i8_vbmi(gelu: &GeluTable, x: &mut [i8]) {
-    // SAFETY: the table is 256 bytes; each load reads 64 of them (no alignment needed).
-    let t: [__m512i; 4] = std::array::from_fn(|k| unsafe { _mm512_loadu_si512(gelu.0.as_ptr().add(64 * k).cast()) });
-    let look = |v: __m512i| {
-        let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
-        let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
-        _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
-    };
+    let t = gelu_registers(gelu);
+    let look = |v: __m512i| gelu_lookup(&t, v);
     let mut chunks = x.chunks_exact_mut(64);
     for c in &mut chunks {
         // SAFETY: `c` holds 64 bytes; loadu/storeu have no alignment requirement.
@@ -256,7 +270,7 @@ unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
 /// Per 16 channels: mantissas as int32 lanes; rounding terms and shifts per half (even
 /// channels 0, 2, .., 14 and odd 1, 3, .., 15) as i64 lanes.
 #[target_feature(enable = "avx512f")]
-fn channels16(requant: &[Multiplier]) -> Vec<[__m512i; 5]> {
+pub(super) fn channels16(requant: &[Multiplier]) -> Vec<[__m512i; 5]> {
     assert!(requant.iter().all(|m| m.shift <= 62), "requant multipliers: shift > 62");
     requant
         .chunks_exact(16)
@@ -304,6 +318,13 @@ fn requant16(acc: &[i32], bias: &[i32], ch: &[__m512i; 5], lo: __m512i, hi: __m5
     // acc + bias wraps as the scalar i32 addition does in release builds (callers keep it
     // in range: |acc| < 2^30, |bias| ≤ 2^30).
     let x = unsafe { _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast())) };
+    requant16_lanes(x, ch, lo, hi)
+}
+
+/// [`requant16`] on `acc + bias` already in a register.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn requant16_lanes(x: __m512i, ch: &[__m512i; 5], lo: __m512i, hi: __m512i) -> __m512i {
     let q = |xh: __m512i, mh: __m512i, k: usize| {
         let p = _mm512_add_epi64(_mm512_mul_epi32(xh, mh), ch[1 + k]);
         _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(p, ch[3 + k]), lo), hi)
