@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::op_timers::{time, Op};
 use super::{Backend, BackendError, Layout};
-use crate::kernels::int8::{gemm_i8_packed, gemm_i8_packed_then, gemm_i8_requant_then, PackedWeights};
+use crate::kernels::int8::{gemm_i8_fused_then, gemm_i8_packed, gemm_i8_packed_then, Epilogue, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
@@ -142,32 +142,35 @@ fn gemm_then(
     })
 }
 
-/// `out = sat8(requant(a · Wᵀ + bias))` of the Linear layer `l` (int8, `m × n`), rows split
-/// over `threads` ([`gemm_i8_requant_then`]: requantised in the GEMM's tiles where the
-/// kernel can, else through `acc`).
-fn gemm_requant(
+/// The Linear layer `l` on `m` rows followed by `epilogue` (its int8 requantisation, or
+/// the residual add), rows split over `threads` ([`gemm_i8_fused_then`]: done in the
+/// GEMM's tiles where the kernel can, else through `acc`).
+fn gemm_fused(
     threads: usize,
     l: &QLinear,
     a: &[i8],
     m: usize,
-    out: &mut [i8],
+    epilogue: Epilogue,
     next: Option<&PackedWeights>,
     acc: &mut Vec<i32>,
 ) -> Result<(), BackendError> {
     let (w, k, n) = (&l.packed, l.packed.in_features(), l.out_features());
     let t = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
     if t == 1 || n == 0 || k == 0 {
-        return gemm_i8_requant_then(m, a, w, &l.bias, &l.requant, out, next, acc).map_err(gemm_err);
+        return gemm_i8_fused_then(m, a, w, &l.bias, &l.requant, epilogue, next, acc).map_err(gemm_err);
     }
     let per = m.div_ceil(t);
+    // The output rows of each thread.
+    let parts: Vec<Epilogue> = match epilogue {
+        Epilogue::RequantI8(out) => out.chunks_mut(per * n).map(Epilogue::RequantI8).collect(),
+        Epilogue::Residual { x, rescale } => x.chunks_mut(per * n).map(|x| Epilogue::Residual { x, rescale }).collect(),
+    };
     std::thread::scope(|sc| {
         let jobs: Vec<_> = a
             .chunks(per * k)
-            .zip(out.chunks_mut(per * n))
-            .map(|(ac, oc)| {
-                sc.spawn(move || {
-                    gemm_i8_requant_then(ac.len() / k, ac, w, &l.bias, &l.requant, oc, next, &mut Vec::new())
-                })
+            .zip(parts)
+            .map(|(ac, e)| {
+                sc.spawn(move || gemm_i8_fused_then(ac.len() / k, ac, w, &l.bias, &l.requant, e, next, &mut Vec::new()))
             })
             .collect();
         jobs.into_iter().try_for_each(|j| j.join().expect("GEMM thread panicked")).map_err(gemm_err)
@@ -264,7 +267,8 @@ pub fn block_with(
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm1.apply(x, y));
     let qkv = sized(&mut s.qkv, rows * 3 * d);
-    time(Op::QkvGemm, || gemm_requant(threads, &b.qkv, y, rows, qkv, Some(&b.proj.packed), &mut s.acc))?;
+    let e = Epilogue::RequantI8(qkv);
+    time(Op::QkvGemm, || gemm_fused(threads, &b.qkv, y, rows, e, Some(&b.proj.packed), &mut s.acc))?;
     let qkv = &*qkv;
     let ctx = sized(&mut s.ctx, rows * d);
     // Attention, one head at a time (heads split over threads).
@@ -295,18 +299,17 @@ pub fn block_with(
             time(Op::PvRequant, || scatter_head(ctx, &s.head.ctx[..rows * hd], d, hd, h));
         }
     }
-    let acc = sized(&mut s.acc, rows * d);
-    time(Op::ProjGemm, || gemm_then(threads, &b.proj.packed, ctx, rows, acc, Some(&b.fc1.packed)))?;
-    time(Op::Residual, || epilogue::residual(acc, &b.proj.bias, &b.proj.requant, b.res1, x));
+    let e = Epilogue::Residual { x: &mut *x, rescale: b.res1 };
+    time(Op::ProjGemm, || gemm_fused(threads, &b.proj, ctx, rows, e, Some(&b.fc1.packed), &mut s.acc))?;
     // MLP.
     let y = sized(&mut s.y, rows * d);
     time(Op::LayerNorm, || b.norm2.apply(x, y));
     let hid = sized(&mut s.hid, rows * b.fc1.out_features());
-    time(Op::Fc1Gemm, || gemm_requant(threads, &b.fc1, y, rows, hid, Some(&b.fc2.packed), &mut s.acc))?;
+    let e = Epilogue::RequantI8(hid);
+    time(Op::Fc1Gemm, || gemm_fused(threads, &b.fc1, y, rows, e, Some(&b.fc2.packed), &mut s.acc))?;
     time(Op::Gelu, || epilogue::gelu_table_i8(&b.hidden, hid));
-    let acc = sized(&mut s.acc, rows * d);
-    time(Op::Fc2Gemm, || gemm_then(threads, &b.fc2.packed, hid, rows, acc, next.map(|n| &n.qkv.packed)))?;
-    time(Op::Residual, || epilogue::residual(acc, &b.fc2.bias, &b.fc2.requant, b.res2, x));
+    let e = Epilogue::Residual { x, rescale: b.res2 };
+    time(Op::Fc2Gemm, || gemm_fused(threads, &b.fc2, hid, rows, e, next.map(|n| &n.qkv.packed), &mut s.acc))?;
     Ok(())
 }
 
@@ -341,7 +344,7 @@ fn linear_gelu_into(
     out: &mut Vec<i8>,
 ) -> Result<(), BackendError> {
     let out = sized(out, m * l.out_features());
-    gemm_requant(threads, l, a, m, out, None, acc)?;
+    gemm_fused(threads, l, a, m, Epilogue::RequantI8(out), None, acc)?;
     epilogue::gelu_table_i8(gelu, out);
     Ok(())
 }

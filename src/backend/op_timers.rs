@@ -23,20 +23,21 @@ pub enum Op {
     PvGemm,
     /// P·V requantisation and the heads' contexts scattered into one matrix.
     PvRequant,
+    /// The projection GEMM and its residual add (fused into the GEMM's tiles on AVX-512
+    /// VNNI).
     ProjGemm,
-    /// The residual adds after the projection and after fc2.
-    Residual,
     /// The fc1 GEMM and its requantisation to the int8 GELU input (fused as for qkv).
     Fc1Gemm,
     /// The GELU table on fc1's int8 outputs.
     Gelu,
+    /// The fc2 GEMM and its residual add (fused as for the projection).
     Fc2Gemm,
     /// Token selectors (the scores, all layers).
     Selector,
 }
 
 /// Every [`Op`] with its name, in order.
-pub const OPS: [(Op, &str); 14] = [
+pub const OPS: [(Op, &str); 13] = [
     (Op::Embed, "embed"),
     (Op::LayerNorm, "layernorm"),
     (Op::QkvGemm, "qkv gemm"),
@@ -46,7 +47,6 @@ pub const OPS: [(Op, &str); 14] = [
     (Op::PvGemm, "p·v gemm"),
     (Op::PvRequant, "p·v requant"),
     (Op::ProjGemm, "proj gemm"),
-    (Op::Residual, "residual"),
     (Op::Fc1Gemm, "fc1 gemm"),
     (Op::Gelu, "gelu"),
     (Op::Fc2Gemm, "fc2 gemm"),

@@ -602,24 +602,36 @@ pub fn gemm_i8_packed_then(
     Ok(())
 }
 
-/// `out[r, o] = sat8(requant[o](a·Wᵀ[r, o] + bias[o]))`: [`gemm_i8_packed_then`] followed
-/// by [`crate::kernels::epilogue::requant_i8`], the same integers. The AVX-512 VNNI
-/// kernel requantises each tile in registers when the channels come in groups of 16 (no
-/// int32 matrix is stored); otherwise the accumulators go through `acc` (resized).
+/// What follows a GEMM in [`gemm_i8_fused_then`]: the int8 requantisation into `out`, or
+/// the residual add onto `x` (the epilogues `kernels::epilogue::requant_i8` and
+/// `kernels::epilogue::residual`, with the layer's bias and multipliers).
+pub enum Epilogue<'a> {
+    RequantI8(&'a mut [i8]),
+    Residual { x: &'a mut [i16], rescale: Multiplier },
+}
+
+/// [`gemm_i8_packed_then`] followed by `epilogue` with the per-channel `bias` and
+/// `requant`: the same integers whatever the kernel. The AVX-512 VNNI kernel applies the
+/// epilogue to each tile in registers when the channels come in groups of 16 (no int32
+/// matrix is stored); otherwise the accumulators go through `acc` (resized).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_i8_requant_then(
+pub fn gemm_i8_fused_then(
     m: usize,
     a: &[i8],
     w: &PackedWeights,
     bias: &[i32],
     requant: &[Multiplier],
-    out: &mut [i8],
+    epilogue: Epilogue,
     next: Option<&PackedWeights>,
     acc: &mut Vec<i32>,
 ) -> Result<(), GemmError> {
     let (k, n) = (w.k, w.n);
     check_len("a", a.len(), m * k, m, k, n)?;
-    check_len("out", out.len(), m * n, m, k, n)?;
+    let out_len = match &epilogue {
+        Epilogue::RequantI8(o) => o.len(),
+        Epilogue::Residual { x, .. } => x.len(),
+    };
+    check_len("out", out_len, m * n, m, k, n)?;
     check_len("bias", bias.len(), n, m, k, n)?;
     check_len("requant", requant.len(), n, m, k, n)?;
     #[cfg(target_arch = "x86_64")]
@@ -629,15 +641,18 @@ pub fn gemm_i8_requant_then(
         && n.is_multiple_of(16)
         && super::arch::x86_64::epilogue::avx512_available()
     {
+        use super::arch::x86_64::avx512vnni::{gemm_fused, Fused};
         let kp = w.kp;
+        let out = match epilogue {
+            Epilogue::RequantI8(o) => Fused::I8(o),
+            Epilogue::Residual { x, rescale } => Fused::Residual(x, rescale),
+        };
         with_reused_buffer(
             &PACKED_AU8,
             |ap| pack_a_vnni(a, m, k, kp, ap),
             |ap| {
                 let then = next.map_or(&[][..], |p| p.first_vnni_block());
-                super::arch::x86_64::avx512vnni::gemm_requant_i8(
-                    m, n, kp, ap, &w.data, &w.corr, bias, requant, out, then,
-                )
+                gemm_fused(m, n, kp, ap, &w.data, &w.corr, bias, requant, out, then)
             },
         );
         return Ok(());
@@ -645,7 +660,10 @@ pub fn gemm_i8_requant_then(
     acc.clear();
     acc.resize(m * n, 0);
     gemm_i8_packed_then(m, a, w, acc, next)?;
-    crate::kernels::epilogue::requant_i8(acc, bias, requant, out);
+    match epilogue {
+        Epilogue::RequantI8(out) => crate::kernels::epilogue::requant_i8(acc, bias, requant, out),
+        Epilogue::Residual { x, rescale } => crate::kernels::epilogue::residual(acc, bias, requant, rescale, x),
+    }
     Ok(())
 }
 

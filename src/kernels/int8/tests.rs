@@ -435,13 +435,13 @@ fn bias_value() -> impl Strategy<Value = i32> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
-    // The GEMM with the int8 requantisation (fused into the tiles on AVX-512 VNNI when the
-    // channels are groups of 16) equals the reference GEMM then the generic epilogue, on
-    // every kernel this CPU has, for any shapes (multiples of 16 and not), weights,
-    // activations, biases and multipliers.
+    // The GEMM with its epilogue (fused into the tiles on AVX-512 VNNI when the channels
+    // are groups of 16) equals the reference GEMM then the generic epilogue, for the int8
+    // requantisation and the residual add, on every kernel this CPU has, for any shapes
+    // (multiples of 16 and not), weights, activations, biases, multipliers and residuals.
     #[test]
-    fn requantising_gemm_equals_gemm_then_epilogue(
-        (m, k, n, a, w, bias, requant) in
+    fn fused_gemm_equals_gemm_then_epilogue(
+        (m, k, n, a, w, bias, requant, x0) in
             (1usize..20, 0usize..150, prop_oneof![Just(16usize), Just(32), Just(48), Just(80), 1usize..70])
             .prop_flat_map(|(m, k, n)| (
                 Just(m), Just(k), Just(n),
@@ -449,36 +449,45 @@ proptest! {
                 prop::collection::vec(-127i8..=127, n * k),
                 prop::collection::vec(bias_value(), n),
                 prop::collection::vec(crate::kernels::strategies::any_multiplier(), n),
+                prop::collection::vec(any::<i16>(), m * n),
             )),
+        rescale in crate::kernels::strategies::any_multiplier(),
     ) {
+        let acc = reference(m, k, n, &a, &w);
         let mut want = vec![0i8; m * n];
-        crate::kernels::epilogue::requant_i8_generic(&reference(m, k, n, &a, &w), &bias, &requant, &mut want);
+        crate::kernels::epilogue::requant_i8_generic(&acc, &bias, &requant, &mut want);
+        let mut want_x = x0.clone();
+        crate::kernels::epilogue::residual_generic(&acc, &bias, &requant, rescale, &mut want_x);
         for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
             let packed = PackedWeights::with_isa(isa, &w, n, k).unwrap();
             let mut got = vec![i8::MIN; m * n];
-            gemm_i8_requant_then(m, &a, &packed, &bias, &requant, &mut got, None, &mut Vec::new()).unwrap();
+            gemm_i8_fused_then(m, &a, &packed, &bias, &requant, Epilogue::RequantI8(&mut got), None, &mut Vec::new()).unwrap();
             prop_assert_eq!(&got, &want, "{} m={} k={} n={}", isa, m, k, n);
+            let mut x = x0.clone();
+            let e = Epilogue::Residual { x: &mut x, rescale };
+            gemm_i8_fused_then(m, &a, &packed, &bias, &requant, e, None, &mut Vec::new()).unwrap();
+            prop_assert_eq!(&x, &want_x, "{} residual m={} k={} n={}", isa, m, k, n);
         }
     }
 }
 
 #[test]
-fn requantising_gemm_refuses_wrong_sizes() {
+fn fused_gemm_refuses_wrong_sizes() {
     let w = PackedWeights::new(&fill(32 * 8, 1, -127, 127), 32, 8).unwrap();
     let a = fill(3 * 8, 2, -127, 127);
     let ok_m = vec![Multiplier { m: 1 << 30, shift: 31 }; 32];
     let mut out = vec![0i8; 3 * 32];
     let mut acc = Vec::new();
     assert!(matches!(
-        gemm_i8_requant_then(3, &a, &w, &[0; 31], &ok_m, &mut out, None, &mut acc),
+        gemm_i8_fused_then(3, &a, &w, &[0; 31], &ok_m, Epilogue::RequantI8(&mut out), None, &mut acc),
         Err(GemmError::Shape { what: "bias", .. })
     ));
     assert!(matches!(
-        gemm_i8_requant_then(3, &a, &w, &[0; 32], &ok_m[..30], &mut out, None, &mut acc),
+        gemm_i8_fused_then(3, &a, &w, &[0; 32], &ok_m[..30], Epilogue::RequantI8(&mut out), None, &mut acc),
         Err(GemmError::Shape { what: "requant", .. })
     ));
     assert!(matches!(
-        gemm_i8_requant_then(3, &a, &w, &[0; 32], &ok_m, &mut out[..95], None, &mut acc),
+        gemm_i8_fused_then(3, &a, &w, &[0; 32], &ok_m, Epilogue::RequantI8(&mut out[..95]), None, &mut acc),
         Err(GemmError::Shape { what: "out", .. })
     ));
 }

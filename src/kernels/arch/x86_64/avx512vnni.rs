@@ -80,12 +80,20 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
     }
 }
 
-/// [`gemm`] with the per-channel int8 requantisation done on each tile in registers:
-/// `out[r][j] = sat8(requant[j].apply(acc[r][j] + bias[j]))` (the operations of
-/// `kernels::epilogue::requant_i8`, lane for lane), so the int32 accumulators are never
-/// stored. `n` a multiple of 16.
+/// Where a fused GEMM ([`gemm_fused`]) puts each tile: requantised to int8
+/// (`out[r][j] = sat8(requant[j].apply(acc + bias[j]))`, the operations of
+/// `kernels::epilogue::requant_i8` lane for lane), or added onto the int16 residual stream
+/// (`x[r][j] = residual_add(acc + bias[j], requant[j], x[r][j], rescale)`, those of
+/// `kernels::epilogue::residual`).
+pub enum Fused<'a> {
+    I8(&'a mut [i8]),
+    Residual(&'a mut [i16], Multiplier),
+}
+
+/// [`gemm`] with its epilogue done on each tile in registers, so that the int32
+/// accumulators are never stored. `n` a multiple of 16.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_requant_i8(
+pub fn gemm_fused(
     m: usize,
     n: usize,
     kp: usize,
@@ -94,25 +102,29 @@ pub fn gemm_requant_i8(
     corr: &[i32],
     bias: &[i32],
     requant: &[Multiplier],
-    out: &mut [i8],
+    out: Fused,
     then: &[i8],
 ) {
-    assert!(available() && super::epilogue::avx512_available(), "gemm_requant_i8 without AVX-512 VNNI/BW/DQ/VL");
+    assert!(available() && super::epilogue::avx512_available(), "gemm_fused without AVX-512 VNNI/BW/DQ/VL");
     let np = n.div_ceil(NR) * NR;
-    assert!(n.is_multiple_of(16), "gemm_requant_i8: {n} channels are not groups of 16");
+    assert!(n.is_multiple_of(16), "gemm_fused: {n} channels are not groups of 16");
     assert!(kp.is_multiple_of(KG), "avx512vnni: kp {kp} is not a multiple of {KG}");
     assert_eq!(a.len(), m * kp, "avx512vnni: packed A size");
     assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
-    assert!(corr.len() >= n && bias.len() == n && requant.len() == n, "gemm_requant_i8: per-channel values");
-    assert_eq!(out.len(), m * n, "avx512vnni: output size");
+    assert!(corr.len() >= n && bias.len() == n && requant.len() == n, "gemm_fused: per-channel values");
+    let len = match &out {
+        Fused::I8(o) => o.len(),
+        Fused::Residual(x, _) => x.len(),
+    };
+    assert_eq!(len, m * n, "avx512vnni: output size");
     // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are present (asserted above with run-time
     // detection); every access is a bounds-checked slice (see the function).
-    unsafe { gemm_requant_vnni(m, n, kp, a, w, corr, bias, requant, out, then) }
+    unsafe { gemm_fused_vnni(m, n, kp, a, w, corr, bias, requant, out, then) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-fn gemm_requant_vnni(
+fn gemm_fused_vnni(
     m: usize,
     n: usize,
     kp: usize,
@@ -121,11 +133,16 @@ fn gemm_requant_vnni(
     corr: &[i32],
     bias: &[i32],
     requant: &[Multiplier],
-    out: &mut [i8],
+    mut out: Fused,
     then: &[i8],
 ) {
+    use super::epilogue::{requant16_lanes, residual16_lanes, ResidualRescale};
     let chans = super::epilogue::channels16(requant);
     let (lo, hi) = (_mm512_set1_epi64(-127), _mm512_set1_epi64(127));
+    let rescale = match &out {
+        Fused::Residual(_, r) => ResidualRescale::new(*r),
+        Fused::I8(_) => ResidualRescale::new(Multiplier { m: 0, shift: 0 }),
+    };
     let block = (kp * NR).max(1);
     let blocks = n.div_ceil(NR);
     let tiles = m.div_ceil(MR).max(1);
@@ -137,16 +154,16 @@ fn gemm_requant_vnni(
         let (c, b) = (&corr[j0..j0 + 16 * halves], &bias[j0..j0 + 16 * halves]);
         // SAFETY: `c` and `b` hold 16·halves i32 (64 bytes per half); loadu has no
         // alignment requirement.
-        let (cb0, cb1) = unsafe {
+        let cb = unsafe {
             let sub = |h: usize| {
                 _mm512_sub_epi32(
                     _mm512_loadu_si512(b.as_ptr().add(16 * h).cast()),
                     _mm512_loadu_si512(c.as_ptr().add(16 * h).cast()),
                 )
             };
-            (sub(0), if halves == 2 { sub(1) } else { _mm512_setzero_si512() })
+            [sub(0), if halves == 2 { sub(1) } else { _mm512_setzero_si512() }]
         };
-        let (ch0, ch1) = (&chans[j0 / 16], &chans[(j0 / 16 + halves - 1).min(chans.len() - 1)]);
+        let ch = [&chans[j0 / 16], &chans[j0 / 16 + halves - 1]];
         let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then);
         let lines = next.len() / 64;
         let lines_per_tile = lines.div_ceil(tiles);
@@ -160,26 +177,42 @@ fn gemm_requant_vnni(
             }
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
-            // Row r of the tile: its 16 or 32 channels requantised and stored as bytes.
+            // Half h (16 channels) of row i of the output, from its accumulators `v`.
+            macro_rules! finish {
+                ($i:expr, $h:expr, $v:expr) => {{
+                    let (h, o) = ($h, $i * n + j0 + 16 * $h);
+                    let v = _mm512_add_epi32($v, cb[h]);
+                    match &mut out {
+                        Fused::I8(dst) => {
+                            let dst = &mut dst[o..o + 16];
+                            let q = requant16_lanes(v, ch[h], lo, hi);
+                            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
+                            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q)) };
+                        }
+                        Fused::Residual(x, _) => {
+                            let xs = &mut x[o..o + 16];
+                            // SAFETY: `xs` holds 16 int16 (32 bytes); loadu/storeu have no
+                            // alignment requirement.
+                            unsafe {
+                                let r = _mm512_cvtepi16_epi32(_mm256_loadu_si256(xs.as_ptr().cast()));
+                                _mm256_storeu_si256(xs.as_mut_ptr().cast(), residual16_lanes(v, r, ch[h], &rescale));
+                            }
+                        }
+                    }
+                }};
+            }
             macro_rules! run {
                 ($r:literal) => {
                     if halves == 2 {
                         let acc = kernel::<$r>(a_rows, kp, wblock);
                         for r in 0..$r {
-                            let q0 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r][0], cb0), ch0, lo, hi);
-                            let q1 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r][1], cb1), ch1, lo, hi);
-                            let v = _mm256_set_m128i(_mm512_cvtepi32_epi8(q1), _mm512_cvtepi32_epi8(q0));
-                            let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + 32];
-                            // SAFETY: `dst` holds 32 bytes; storeu has no alignment requirement.
-                            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+                            finish!(i0 + r, 0, acc[r][0]);
+                            finish!(i0 + r, 1, acc[r][1]);
                         }
                     } else {
                         let acc = kernel_half::<$r>(a_rows, kp, wblock);
                         for r in 0..$r {
-                            let q0 = super::epilogue::requant16_lanes(_mm512_add_epi32(acc[r], cb0), ch0, lo, hi);
-                            let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + 16];
-                            // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
-                            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q0)) };
+                            finish!(i0 + r, 0, acc[r]);
                         }
                     }
                 };

@@ -367,41 +367,65 @@ unsafe fn requant_i32_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], 
     requant_i32_generic(acc, bias, requant, out)
 }
 
-/// The residual add, 16 channels at a time: per half on i64 lanes, the branch
-/// `requant[o].apply(acc + bias)` (per-channel shifts), the incoming residual
-/// `rescale.apply(x)`, their exact sum (|·| < 2^62) saturated to ±(2^15 − 1).
+/// The residual's incoming rescale and its clamp, as vectors for [`residual16_lanes`].
+pub(super) struct ResidualRescale {
+    m: __m512i,
+    half: __m512i,
+    shift: __m128i,
+    lo: __m512i,
+    hi: __m512i,
+}
+
+impl ResidualRescale {
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn new(rescale: Multiplier) -> ResidualRescale {
+        assert!(rescale.shift <= 62, "requant multipliers: shift > 62");
+        ResidualRescale {
+            m: _mm512_set1_epi32(rescale.m),
+            half: _mm512_set1_epi64(half(rescale.shift)),
+            shift: _mm_cvtsi32_si128(rescale.shift as i32),
+            lo: _mm512_set1_epi64(-(i16::MAX as i64)),
+            hi: _mm512_set1_epi64(i16::MAX as i64),
+        }
+    }
+}
+
+/// The residual add on 16 channels `ch` ([`channels16`]): `v` = acc + bias, `r` = the
+/// incoming residual values (int32 lanes); per half on i64 lanes, the branch
+/// `requant[o].apply(v)` (per-channel shifts), the rescaled residual, their exact sum
+/// (|·| < 2^62) saturated to ±(2^15 − 1); the 16 results as int16.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(super) fn residual16_lanes(v: __m512i, r: __m512i, ch: &[__m512i; 5], c: &ResidualRescale) -> __m256i {
+    let sum = |vh: __m512i, mh: __m512i, rh: __m512i, k: usize| {
+        let branch = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(vh, mh), ch[1 + k]), ch[3 + k]);
+        let res = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(rh, c.m), c.half), c.shift);
+        _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(branch, res), c.lo), c.hi)
+    };
+    let se = sum(v, ch[0], r, 0);
+    let so = sum(_mm512_srli_epi64::<32>(v), _mm512_srli_epi64::<32>(ch[0]), _mm512_srli_epi64::<32>(r), 1);
+    _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(0xAAAA, se, _mm512_slli_epi64::<32>(so)))
+}
+
+/// The residual add, 16 channels at a time by [`residual16_lanes`].
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn residual_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Multiplier, x: &mut [i16]) {
     let Some((n, full, chans)) = layout16(acc.len(), x.len(), requant, bias.len()) else {
         return;
     };
-    assert!(rescale.shift <= 62, "requant multipliers: shift > 62");
-    let (rm, rhalf, rsh) =
-        (_mm512_set1_epi32(rescale.m), _mm512_set1_epi64(half(rescale.shift)), _mm_cvtsi32_si128(rescale.shift as i32));
-    let (lo, hi) = (_mm512_set1_epi64(-(i16::MAX as i64)), _mm512_set1_epi64(i16::MAX as i64));
+    let c = ResidualRescale::new(rescale);
     for (arow, xrow) in acc.chunks_exact(n).zip(x.chunks_exact_mut(n)) {
-        for (c, ch) in chans.iter().enumerate() {
-            let o = c * 16;
+        for (k, ch) in chans.iter().enumerate() {
+            let o = k * 16;
             let (a, b, xs) = (&arow[o..o + 16], &bias[o..o + 16], &mut xrow[o..o + 16]);
-            // SAFETY: `a`, `b` hold 16 int32 and `xs` 16 int16; loadu has no alignment
-            // requirement. acc + bias wraps as the scalar i32 addition does in release
-            // builds (callers keep it in range).
-            let (v, r) = unsafe {
-                (
-                    _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast())),
-                    _mm512_cvtepi16_epi32(_mm256_loadu_si256(xs.as_ptr().cast())),
-                )
-            };
-            let sum = |vh: __m512i, mh: __m512i, rh: __m512i, k: usize| {
-                let branch = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(vh, mh), ch[1 + k]), ch[3 + k]);
-                let res = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(rh, rm), rhalf), rsh);
-                _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(branch, res), lo), hi)
-            };
-            let se = sum(v, ch[0], r, 0);
-            let so = sum(_mm512_srli_epi64::<32>(v), _mm512_srli_epi64::<32>(ch[0]), _mm512_srli_epi64::<32>(r), 1);
-            let y = _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(0xAAAA, se, _mm512_slli_epi64::<32>(so)));
-            // SAFETY: `xs` holds 16 int16 (32 bytes); storeu has no alignment requirement.
-            unsafe { _mm256_storeu_si256(xs.as_mut_ptr().cast(), y) };
+            // SAFETY: `a`, `b` hold 16 int32 and `xs` 16 int16; loadu/storeu have no
+            // alignment requirement. acc + bias wraps as the scalar i32 addition does in
+            // release builds (callers keep it in range).
+            unsafe {
+                let v = _mm512_add_epi32(_mm512_loadu_si512(a.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast()));
+                let r = _mm512_cvtepi16_epi32(_mm256_loadu_si256(xs.as_ptr().cast()));
+                _mm256_storeu_si256(xs.as_mut_ptr().cast(), residual16_lanes(v, r, ch, &c));
+            }
         }
         for o in full..n {
             xrow[o] = crate::quant::fixed::residual_add(arow[o] + bias[o], requant[o], xrow[o], rescale);
