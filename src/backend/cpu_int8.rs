@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::op_timers::{time, Op};
 use super::{Backend, BackendError, Layout};
-use crate::kernels::int8::{gemm_i8_fused_then, gemm_i8_packed, gemm_i8_packed_then, Epilogue, PackedWeights};
+use crate::kernels::int8::{gemm_i8_fused_then, gemm_i8_packed, Epilogue, PackedWeights};
 use crate::kernels::{attention, epilogue};
 use crate::model::pruning::{compact_rows, Decision};
 use crate::model::Model;
@@ -113,30 +113,17 @@ fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 
 /// `a (m × k) · Wᵀ` into `out` (int32, `m × n`), rows split over `threads`.
 fn gemm_into(threads: usize, w: &PackedWeights, a: &[i8], m: usize, out: &mut [i32]) -> Result<(), BackendError> {
-    gemm_then(threads, w, a, m, out, None)
-}
-
-/// [`gemm_into`], with the weights of the GEMM that follows as a prefetch hint
-/// ([`gemm_i8_packed_then`]; each thread fetches them all, since each runs all columns).
-fn gemm_then(
-    threads: usize,
-    w: &PackedWeights,
-    a: &[i8],
-    m: usize,
-    out: &mut [i32],
-    next: Option<&PackedWeights>,
-) -> Result<(), BackendError> {
     let (k, n) = (w.in_features(), w.out_features());
     let t = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
     if t == 1 || n == 0 || k == 0 {
-        return gemm_i8_packed_then(m, a, w, out, next).map_err(gemm_err);
+        return gemm_i8_packed(m, a, w, out).map_err(gemm_err);
     }
     let per = m.div_ceil(t);
     std::thread::scope(|sc| {
         let jobs: Vec<_> = a
             .chunks(per * k)
             .zip(out.chunks_mut(per * n))
-            .map(|(ac, oc)| sc.spawn(move || gemm_i8_packed_then(ac.len() / k, ac, w, oc, next)))
+            .map(|(ac, oc)| sc.spawn(move || gemm_i8_packed(ac.len() / k, ac, w, oc)))
             .collect();
         jobs.into_iter().try_for_each(|j| j.join().expect("GEMM thread panicked")).map_err(gemm_err)
     })
@@ -196,14 +183,13 @@ pub fn embed(
     let s_img = q.scales["image"];
     let mut cols = vec![0i8; image.len()];
     epilogue::quantize_im2col_i8(image, cfg.image_size, cfg.patch_size, s_img, &mut cols);
-    let mut acc = vec![0i32; n0 * q.patch.out_features()];
-    gemm_then(threads, &q.patch.packed, &cols, n0, &mut acc, q.blocks.first().map(|b| &b.qkv.packed))?;
     let mut x = q.embed_rows.clone();
     // x = sat16(patch.rescale(c, acc) + x): the residual add with the identity multiplier
     // (m = 2^30, shift 30: exactly x for every int32 x).
     let one = crate::quant::Multiplier::from_ratio(1.0).expect("1 is a valid ratio");
     debug_assert!(one.apply(i32::MIN) == i32::MIN as i64 && one.apply(i32::MAX) == i32::MAX as i64);
-    epilogue::residual(&acc, &q.patch.bias, &q.patch.requant, one, &mut x[d..(1 + n0) * d]);
+    let e = Epilogue::Residual { x: &mut x[d..(1 + n0) * d], rescale: one };
+    gemm_fused(threads, &q.patch, &cols, n0, e, q.blocks.first().map(|b| &b.qkv.packed), &mut Vec::new())?;
     Ok(x)
 }
 
