@@ -304,7 +304,7 @@ pub fn block_with(
 pub struct SelectorScratch {
     t: Vec<u32>,
     means: Vec<i8>,
-    xh: Vec<i16>,
+    sums: Vec<i64>,
     y: Vec<i8>,
     acc: Vec<i32>,
     u: Vec<i8>,
@@ -369,16 +369,14 @@ pub fn selector_scores(
     let t = sized(&mut s.t, live * heads);
     let means = sized(&mut s.means, live * heads);
     for (h, hw) in sel.heads.iter().enumerate() {
-        let xh = sized(&mut s.xh, live * hd);
-        for j in 0..live {
-            let src = &patches[j * d + h * hd..][..hd];
-            xh[j * hd..(j + 1) * hd].copy_from_slice(src);
-            // |Σ| ≤ hd·32767 fits i32 (embed_dim ≤ 8192, `Config::validate`).
-            let sum: i32 = src.iter().map(|&v| v as i32).sum();
-            means[j * heads + h] = sel.gate_in.to_i8(div_round(sum as i64, hd as i64) as i32);
+        // The LayerNorm reads this head's slice of each patch token in place and gives
+        // the slice's sums for the head means.
+        let (y, sums) = (sized(&mut s.y, live * hd), sized(&mut s.sums, live));
+        hw.norm.apply_rows(&patches[h * hd..], d, y, sums);
+        for (j, &sum) in sums.iter().enumerate() {
+            // |Σ| ≤ hd·32767: the rounded mean fits i32.
+            means[j * heads + h] = sel.gate_in.to_i8(div_round(sum, hd as i64) as i32);
         }
-        let y = sized(&mut s.y, live * hd);
-        hw.norm.apply(xh, y);
         linear_gelu_into(threads, &hw.fc1, y, live, &hw.u, &mut s.acc, &mut s.u)?;
         let u = &mut s.u[..live * hd];
         let half = hd / 2;

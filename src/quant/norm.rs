@@ -54,27 +54,41 @@ impl LayerNormI16 {
     /// code runs compiled for AVX2 (`kernels::arch::x86_64::epilogue`); every operation is
     /// the same IEEE or integer operation, so the result is identical.
     pub fn apply(&self, x: &[i16], out: &mut [i8]) {
+        let d = self.dim();
+        assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
+        self.apply_rows(x, d, out, &mut [])
+    }
+
+    /// [`Self::apply`] on `out.len() / D` rows that start `stride` values apart in `x`
+    /// (e.g. one head's slice of each token), also writing each row's `S = Σ x_i` into
+    /// `sums` unless it is empty.
+    pub fn apply_rows(&self, x: &[i16], stride: usize, out: &mut [i8], sums: &mut [i64]) {
+        let d = self.dim();
+        check_rows(x.len(), stride, d, out.len(), sums.len());
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::arch::x86_64::epilogue::available() {
-            return crate::kernels::arch::x86_64::epilogue::layer_norm(self, x, out);
+            return crate::kernels::arch::x86_64::epilogue::layer_norm(self, x, stride, out, sums);
         }
-        self.apply_generic(x, out)
+        self.apply_generic(x, stride, out, sums)
     }
 
     #[inline(always)]
-    pub(crate) fn apply_generic(&self, x: &[i16], out: &mut [i8]) {
+    pub(crate) fn apply_generic(&self, x: &[i16], stride: usize, out: &mut [i8], sums: &mut [i64]) {
         let d = self.dim();
-        assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
-        assert_eq!(x.len(), out.len(), "LayerNormI16: output size");
+        check_rows(x.len(), stride, d, out.len(), sums.len());
         let d3 = (d as f64) * (d as f64) * (d as f64);
         let s_in = self.s_in as f64;
-        for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        for (r, orow) in out.chunks_exact_mut(d).enumerate() {
+            let row = &x[r * stride..r * stride + d];
             if d < 1290 {
                 // The same integers in narrower types (so that they vectorise): |S| ≤
                 // 1290·2^15 and |D·x − S| ≤ 2·1290·2^15 fit i32, and
                 // V = Σ (D·x_i − S)² = D²·Σ x_i² − D·S² (expand the square; Σ x_i = S)
                 // with D²·Σ x_i² ≤ D³·2^30 < 2^63.
                 let sum: i32 = row.iter().map(|&v| v as i32).sum();
+                if let Some(s) = sums.get_mut(r) {
+                    *s = sum as i64;
+                }
                 let sq: i64 = row.iter().map(|&v| (v as i32 * v as i32) as i64).sum();
                 let var = (d * d) as i64 * sq - d as i64 * (sum as i64 * sum as i64);
                 let k = self.factor(var as f64, d3, s_in, d);
@@ -86,6 +100,9 @@ impl LayerNormI16 {
                 continue;
             }
             let sum: i64 = row.iter().map(|&v| v as i64).sum();
+            if let Some(s) = sums.get_mut(r) {
+                *s = sum;
+            }
             // |c| ≤ 2·d·2^15: Σ c² needs i128 for rows this wide.
             let var: i128 = row
                 .iter()
@@ -122,6 +139,20 @@ impl LayerNormI16 {
         let var_real = (var / d3) * (s_in * s_in);
         (s_in / (d as f64 * (var_real + self.eps as f64).sqrt())) as f32
     }
+}
+
+/// The shape contract of [`LayerNormI16::apply_rows`]: whole rows of `d` out, each row's
+/// `d` inputs inside `x` at a pitch of at least `d`, and no sums or one per row.
+#[track_caller]
+pub(crate) fn check_rows(x: usize, stride: usize, d: usize, out: usize, sums: usize) {
+    assert_eq!(out % d, 0, "LayerNormI16: output is not rows × {d}");
+    let rows = out / d;
+    assert!(stride >= d, "LayerNormI16: row pitch {stride} < {d}");
+    assert!(
+        rows == 0 || x >= (rows - 1) * stride + d,
+        "LayerNormI16: {rows} rows at pitch {stride} need more than {x} inputs"
+    );
+    assert!(sums == 0 || sums == rows, "LayerNormI16: {sums} sums for {rows} rows");
 }
 
 #[cfg(test)]
@@ -199,6 +230,42 @@ mod tests {
             ln.apply(&x, &mut q);
             prop_assert_eq!(q, reference_i128(&ln, &x));
         }
+    }
+
+    proptest! {
+        // Rows at a pitch (a head's slice of each token, as the selectors read them) give
+        // the bits of the same rows gathered, on the dispatched kernel and the generic
+        // code, and their sums are Σ x of each row.
+        #[test]
+        fn strided_rows_equal_gathered_rows_and_give_their_sums(
+            seed in any::<u64>(), d in prop_oneof![Just(16usize), Just(64), 2usize..40], extra in 0usize..40, rows in 0usize..9,
+        ) {
+            let stride = d + extra;
+            let x = tokens(rows.max(1), stride, seed, 32767);
+            let x = &x[..(rows.max(1) - 1) * stride + d];
+            let gathered: Vec<i16> = (0..rows).flat_map(|r| x[r * stride..r * stride + d].to_vec()).collect();
+            let gamma: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+            let beta: Vec<f32> = (0..d).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+            let ln = LayerNormI16::new(&gamma, &beta, 1e-6, 3e-3, 0.05).unwrap();
+            let mut want = vec![0i8; rows * d];
+            ln.apply(&gathered, &mut want);
+            let want_sums: Vec<i64> = gathered.chunks_exact(d).map(|r| r.iter().map(|&v| v as i64).sum()).collect();
+            let (mut q, mut sums) = (vec![0i8; rows * d], vec![0i64; rows]);
+            ln.apply_rows(x, stride, &mut q, &mut sums);
+            prop_assert_eq!(&q, &want);
+            prop_assert_eq!(&sums, &want_sums);
+            let (mut q, mut sums) = (vec![0i8; rows * d], vec![0i64; rows]);
+            ln.apply_generic(x, stride, &mut q, &mut sums);
+            prop_assert_eq!(&q, &want);
+            prop_assert_eq!(&sums, &want_sums);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "need more than")]
+    fn strided_rows_beyond_the_input_are_refused() {
+        let ln = LayerNormI16::new(&[1.0; 4], &[0.0; 4], 1e-6, 0.01, 0.1).unwrap();
+        ln.apply_rows(&[1; 9], 6, &mut [0; 8], &mut []);
     }
 
     #[test]

@@ -225,16 +225,16 @@ unsafe fn quantize_im2col_i8_avx512(image: &[f32], size: usize, p: usize, scale:
 /// AVX-512. The statistics are the same integers (Σx in i32, Σx² from exact i64 products);
 /// step 3 is the same IEEE f32 operations in the same order (no fused multiply-add).
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
+unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], stride: usize, out: &mut [i8], sums: &mut [i64]) {
     let d = ln.dim();
     if !d.is_multiple_of(16) || d >= 1290 {
-        return ln.apply_generic(x, out);
+        return ln.apply_generic(x, stride, out, sums);
     }
-    assert_eq!(x.len() % d, 0, "LayerNormI16: input is not rows × {d}");
-    assert_eq!(x.len(), out.len(), "LayerNormI16: output size");
+    crate::quant::norm::check_rows(x.len(), stride, d, out.len(), sums.len());
     let (g, b) = ln.folded_affine();
     let dv = _mm512_set1_epi32(d as i32);
-    for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+    for (r, orow) in out.chunks_exact_mut(d).enumerate() {
+        let row = &x[r * stride..r * stride + d];
         let (mut s, mut sq) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for c in row.chunks_exact(16) {
             // SAFETY: `c` holds 16 int16 (32 bytes); loadu has no alignment requirement.
@@ -244,6 +244,9 @@ unsafe fn layer_norm_avx512(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
             sq = _mm512_add_epi64(sq, _mm512_add_epi64(_mm512_mul_epi32(v, v), _mm512_mul_epi32(vo, vo)));
         }
         let sum = _mm512_reduce_add_epi32(s);
+        if let Some(s) = sums.get_mut(r) {
+            *s = sum as i64;
+        }
         let var = (d * d) as i64 * _mm512_reduce_add_epi64(sq) - d as i64 * (sum as i64 * sum as i64);
         let k = _mm512_set1_ps(ln.row_factor(var));
         let sv = _mm512_set1_epi32(sum);
@@ -434,8 +437,8 @@ unsafe fn residual_avx512(acc: &[i32], bias: &[i32], requant: &[Multiplier], res
 }
 
 #[target_feature(enable = "avx2")]
-unsafe fn layer_norm_avx2(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
-    ln.apply_generic(x, out)
+unsafe fn layer_norm_avx2(ln: &LayerNormI16, x: &[i16], stride: usize, out: &mut [i8], sums: &mut [i64]) {
+    ln.apply_generic(x, stride, out, sums)
 }
 
 #[target_feature(enable = "avx2")]
@@ -491,12 +494,13 @@ pub fn residual(acc: &[i32], bias: &[i32], requant: &[Multiplier], rescale: Mult
     unsafe { residual_avx2(acc, bias, requant, rescale, x) }
 }
 
-pub fn layer_norm(ln: &LayerNormI16, x: &[i16], out: &mut [i8]) {
+/// [`LayerNormI16::apply_rows`] (rows `stride` apart, row sums into `sums` unless empty).
+pub fn layer_norm(ln: &LayerNormI16, x: &[i16], stride: usize, out: &mut [i8], sums: &mut [i64]) {
     assert!(available());
     if avx512_available() {
         // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (checked); safe Rust otherwise.
-        return unsafe { layer_norm_avx512(ln, x, out) };
+        return unsafe { layer_norm_avx512(ln, x, stride, out, sums) };
     }
     // SAFETY: the CPU supports AVX2 (checked above); the function is safe Rust otherwise.
-    unsafe { layer_norm_avx2(ln, x, out) }
+    unsafe { layer_norm_avx2(ln, x, stride, out, sums) }
 }
