@@ -48,20 +48,10 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
         let j0 = jb * NR;
         let cols = NR.min(n - j0);
         let corr = &corr[j0..j0 + cols];
-        // Fetched ahead, spread over the first tiles of this block: the next weight block
-        // (the weights of a layer come from L3 once per image), or after the last block
-        // the next GEMM's first (which would otherwise start cold).
-        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then);
-        let lines = next.len() / 64;
-        let lines_per_tile = lines.div_ceil(tiles);
+        let next = fetched_ahead(w, block, jb, blocks, then);
         let mut i0 = 0;
         while i0 < m {
-            let t = i0 / MR;
-            for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(lines) {
-                // SAFETY: byte 64·l of `next` is in bounds (l < next.len() / 64); a prefetch
-                // never faults and changes no state visible to the program.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
-            }
+            prefetch_share(next, i0 / MR, tiles);
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
             let out = &mut out[i0 * n + j0..];
@@ -164,17 +154,10 @@ fn gemm_fused_vnni(
             [sub(0), if halves == 2 { sub(1) } else { _mm512_setzero_si512() }]
         };
         let ch = [&chans[j0 / 16], &chans[j0 / 16 + halves - 1]];
-        let next = w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then);
-        let lines = next.len() / 64;
-        let lines_per_tile = lines.div_ceil(tiles);
+        let next = fetched_ahead(w, block, jb, blocks, then);
         let mut i0 = 0;
         while i0 < m {
-            let t = i0 / MR;
-            for l in t * lines_per_tile..((t + 1) * lines_per_tile).min(lines) {
-                // SAFETY: byte 64·l of `next` is in bounds (l < next.len() / 64); a prefetch
-                // never faults and changes no state visible to the program.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
-            }
+            prefetch_share(next, i0 / MR, tiles);
             let rows = MR.min(m - i0);
             let a_rows = &a[i0 * kp..(i0 + rows) * kp];
             // Half h (16 channels) of row i of the output, from its accumulators `v`.
@@ -285,12 +268,7 @@ fn pack_rows_k64_avx512<'a>(
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
             }
         }
-        let mut lanes = [0i32; 16];
-        // SAFETY: `lanes` holds 16 i32 (64 bytes).
-        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), sums) };
-        for (c, s) in corr[j0..(j0 + 16).min(n)].iter_mut().zip(lanes) {
-            *c = 128 * s;
-        }
+        set_corrections(sums, &mut corr[j0..(j0 + 16).min(n)]);
     }
     bad == 0
 }
@@ -361,14 +339,22 @@ fn pack_cols_n16_avx512<'a>(
         }
     }
     for (hb, sum) in sums.iter().enumerate() {
-        let mut lanes = [0i32; 16];
-        // SAFETY: `lanes` holds 16 i32 (64 bytes).
-        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), *sum) };
-        for (c, s) in corr[16 * hb..16 * hb + 16].iter_mut().zip(lanes) {
-            *c = 128 * s;
-        }
+        set_corrections(*sum, &mut corr[16 * hb..16 * hb + 16]);
     }
     bad == 0
+}
+
+/// `corr[c] = 128 · sums[c]` for the first `corr.len() ≤ 16` lanes of `sums` (the
+/// channels' weight sums).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn set_corrections(sums: __m512i, corr: &mut [i32]) {
+    let mut lanes = [0i32; 16];
+    // SAFETY: `lanes` holds 16 i32 (64 bytes); storeu has no alignment requirement.
+    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), sums) };
+    for (c, s) in corr.iter_mut().zip(lanes) {
+        *c = 128 * s;
+    }
 }
 
 /// `out[q]` lane `i` = dword `q` of `r[i]`: the 16 × 16 dword transpose (unpack pairs of
@@ -409,6 +395,26 @@ fn transpose16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
             _mm512_shuffle_i32x4::<0xDD>(v, x)
         }
     })
+}
+
+/// What a GEMM fetches while it computes weight block `jb` of `blocks`: the next block
+/// (the weights of a layer come from L3 once per image), or after the last block `then`,
+/// the next GEMM's first (which would otherwise start cold).
+fn fetched_ahead<'a>(w: &'a [i8], block: usize, jb: usize, blocks: usize, then: &'a [i8]) -> &'a [i8] {
+    w.get((jb + 1) * block..(jb + 2) * block).filter(|_| jb + 1 < blocks).unwrap_or(then)
+}
+
+/// Tile `t` of `tiles`' share of the cache lines of `next`, fetched into L1 (the whole of
+/// `next` over the tiles of one block).
+#[inline]
+fn prefetch_share(next: &[i8], t: usize, tiles: usize) {
+    let lines = next.len() / 64;
+    let per = lines.div_ceil(tiles.max(1));
+    for l in t * per..((t + 1) * per).min(lines) {
+        // SAFETY: byte 64·l of `next` is in bounds (l < next.len() / 64); a prefetch never
+        // faults and changes no state visible to the program.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l).cast()) };
+    }
 }
 
 /// One packed tile of a transposed operand: `out[4c + t] = rows[t][c]` for 32 channels
