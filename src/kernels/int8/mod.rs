@@ -641,18 +641,15 @@ pub fn gemm_i8_fused_then(
         && n.is_multiple_of(16)
         && super::arch::x86_64::epilogue::avx512_available()
     {
-        use super::arch::x86_64::avx512vnni::{gemm_fused, Fused};
         let kp = w.kp;
-        let out = match epilogue {
-            Epilogue::RequantI8(o) => Fused::I8(o),
-            Epilogue::Residual { x, rescale } => Fused::Residual(x, rescale),
-        };
         with_reused_buffer(
             &PACKED_AU8,
             |ap| pack_a_vnni(a, m, k, kp, ap),
             |ap| {
                 let then = next.map_or(&[][..], |p| p.first_vnni_block());
-                gemm_fused(m, n, kp, ap, &w.data, &w.corr, bias, requant, out, then)
+                super::arch::x86_64::avx512vnni::gemm_fused(
+                    m, n, kp, ap, &w.data, &w.corr, bias, requant, epilogue, then,
+                )
             },
         );
         return Ok(());

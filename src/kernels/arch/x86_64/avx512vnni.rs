@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::kernels::int8::Epilogue;
 use crate::quant::Multiplier;
 
 pub const NR: usize = 32;
@@ -70,18 +71,11 @@ fn gemm_vnni(m: usize, n: usize, kp: usize, a: &[u8], w: &[i8], corr: &[i32], ou
     }
 }
 
-/// Where a fused GEMM ([`gemm_fused`]) puts each tile: requantised to int8
-/// (`out[r][j] = sat8(requant[j].apply(acc + bias[j]))`, the operations of
-/// `kernels::epilogue::requant_i8` lane for lane), or added onto the int16 residual stream
-/// (`x[r][j] = residual_add(acc + bias[j], requant[j], x[r][j], rescale)`, those of
-/// `kernels::epilogue::residual`).
-pub enum Fused<'a> {
-    I8(&'a mut [i8]),
-    Residual(&'a mut [i16], Multiplier),
-}
-
-/// [`gemm`] with its epilogue done on each tile in registers, so that the int32
-/// accumulators are never stored. `n` a multiple of 16.
+/// [`gemm`] with `out`'s epilogue done on each tile in registers, so that the int32
+/// accumulators are never stored: the int8 requantisation
+/// (`out[r][j] = sat8(requant[j].apply(acc + bias[j]))`) or the residual add
+/// (`x[r][j] = residual_add(acc + bias[j], requant[j], x[r][j], rescale)`), with the lane
+/// operations of the stand-alone AVX-512 epilogues. `n` a multiple of 16.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_fused(
     m: usize,
@@ -92,7 +86,7 @@ pub fn gemm_fused(
     corr: &[i32],
     bias: &[i32],
     requant: &[Multiplier],
-    out: Fused,
+    out: Epilogue,
     then: &[i8],
 ) {
     assert!(available() && super::epilogue::avx512_available(), "gemm_fused without AVX-512 VNNI/BW/DQ/VL");
@@ -103,8 +97,8 @@ pub fn gemm_fused(
     assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
     assert!(corr.len() >= n && bias.len() == n && requant.len() == n, "gemm_fused: per-channel values");
     let len = match &out {
-        Fused::I8(o) => o.len(),
-        Fused::Residual(x, _) => x.len(),
+        Epilogue::RequantI8(o) => o.len(),
+        Epilogue::Residual { x, .. } => x.len(),
     };
     assert_eq!(len, m * n, "avx512vnni: output size");
     // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are present (asserted above with run-time
@@ -123,15 +117,16 @@ fn gemm_fused_vnni(
     corr: &[i32],
     bias: &[i32],
     requant: &[Multiplier],
-    mut out: Fused,
+    mut out: Epilogue,
     then: &[i8],
 ) {
     use super::epilogue::{requant16_lanes, residual16_lanes, ResidualRescale};
     let chans = super::epilogue::channels16(requant);
     let (lo, hi) = (_mm512_set1_epi64(-127), _mm512_set1_epi64(127));
     let rescale = match &out {
-        Fused::Residual(_, r) => ResidualRescale::new(*r),
-        Fused::I8(_) => ResidualRescale::new(Multiplier { m: 0, shift: 0 }),
+        Epilogue::Residual { rescale, .. } => ResidualRescale::new(*rescale),
+        // Unused by the requantisation.
+        Epilogue::RequantI8(_) => ResidualRescale::new(Multiplier { m: 0, shift: 0 }),
     };
     let block = (kp * NR).max(1);
     let blocks = n.div_ceil(NR);
@@ -166,13 +161,13 @@ fn gemm_fused_vnni(
                     let (h, o) = ($h, $i * n + j0 + 16 * $h);
                     let v = _mm512_add_epi32($v, cb[h]);
                     match &mut out {
-                        Fused::I8(dst) => {
+                        Epilogue::RequantI8(dst) => {
                             let dst = &mut dst[o..o + 16];
                             let q = requant16_lanes(v, ch[h], lo, hi);
                             // SAFETY: `dst` holds 16 bytes; storeu has no alignment requirement.
                             unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q)) };
                         }
-                        Fused::Residual(x, _) => {
+                        Epilogue::Residual { x, .. } => {
                             let xs = &mut x[o..o + 16];
                             // SAFETY: `xs` holds 16 int16 (32 bytes); loadu/storeu have no
                             // alignment requirement.
