@@ -59,6 +59,9 @@ RECIPE = {
     # a dense checkpoint (state dict) the dense phase starts from (a second cosine cycle);
     # None = from scratch
     "init_from": None,
+    # the distillation teacher of the selector phases (a dense state dict); None = this run's
+    # own dense_final.pt (the model the selector phases start from)
+    "teacher_from": None,
 }
 
 
@@ -166,6 +169,9 @@ def main():
     ap.add_argument("--init-from", metavar="DENSE_PT",
                     help="start the dense phase from this dense state dict (e.g. an earlier run's "
                          "dense_final.pt): a second cosine cycle of --dense-epochs at --dense-lr")
+    ap.add_argument("--teacher", metavar="DENSE_PT",
+                    help="distil the selector phases from this dense state dict instead of the "
+                         "run's own dense model (e.g. a dense model trained as long as the pruned one)")
     ap.add_argument("--dense-epochs", type=int, help="override the recipe's dense epochs")
     ap.add_argument("--dense-lr", type=float, help="override the recipe's dense peak lr")
     ap.add_argument("--dense-only", action="store_true",
@@ -247,6 +253,8 @@ def main():
             RECIPE["selector"][name] = w
     if args.init_from:
         RECIPE["init_from"] = os.path.abspath(args.init_from)
+    if args.teacher:
+        RECIPE["teacher_from"] = os.path.abspath(args.teacher)
     if args.dense_epochs is not None:
         RECIPE["dense"]["epochs"] = args.dense_epochs
     if args.dense_lr is not None:
@@ -356,12 +364,30 @@ def main():
         if n_stages > 0 and teacher is None:
             with torch.random.fork_rng():   # must not consume the training RNG (exact resume)
                 teacher = build_model()
-            teacher.load_state_dict(torch.load(os.path.join(args.run_dir, "dense_final.pt")))
+            t_path = RECIPE.get("teacher_from") or os.path.join(args.run_dir, "dense_final.pt")
+            t_sd = torch.load(t_path)
+            if set(t_sd) != set(teacher.state_dict()):
+                # a dense file (no selector tensors): the teacher runs forward_dense only
+                t_sd = {**{k: v for k, v in teacher.state_dict().items() if k.startswith("selectors.")},
+                        **{k: v for k, v in t_sd.items() if not k.startswith("selectors.")}}
+            try:
+                teacher.load_state_dict(t_sd)
+            except RuntimeError as e:
+                raise SystemExit(f"{t_path}: not a dense model of this geometry: {e}")
             teacher.eval()
+            log(f"distillation teacher: {t_path}")
             for p in teacher.parameters():
                 p.requires_grad_(False)
         if n_stages > 0:
-            post_dense(args, model_from=teacher, test=(test_x, test_y),
+            own_dense = teacher
+            if RECIPE.get("teacher_from") and not os.path.exists(
+                    os.path.join(args.run_dir, "export-dense", "config.json")):
+                # export-dense/ is the run's own dense model, not the --teacher
+                with torch.random.fork_rng():
+                    own_dense = build_model()
+                own_dense.load_state_dict(torch.load(os.path.join(args.run_dir, "dense_final.pt")))
+                own_dense.eval()
+            post_dense(args, model_from=own_dense, test=(test_x, test_y),
                        recipe_changes=state.get("recipe_changes"))
         opt = torch.optim.AdamW(param_groups(model, n_stages), lr=0.0, betas=(0.9, 0.999))
         if state.get("opt") is not None:
