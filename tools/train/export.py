@@ -210,6 +210,13 @@ COMMANDS = [
     "--seed 0 --threads 1 --init-from /work/runs/teacher29.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist31 --out models/fmnist-deit-dense-control "
     "--dense",
+    "# 34. (not shipped) run 30's recipe distilled from run 31 instead of run 29 (--teacher): 91.60% at "
+    "-46.6% MACs, top-k at the same keep 91.22%; -0.59 against run 31, its teacher and control",
+    "~/hvenv/bin/python tools/train/teacher_from_model.py models/fmnist-deit-dense-control /work/runs/teacher31.pt",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist34 --export-dir /work/runs/fmnist34-model "
+    "--seed 0 --threads 2 --init-from /work/runs/teacher29.pt --teacher /work/runs/teacher31.pt --dense-epochs 0 "
+    "--locations 2 --keep-targets 0.28 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
+    "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist30 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
@@ -445,6 +452,9 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
                "{fe} epoch(s) of each stage, then {blr} cosine to 0 after a {bw}-step warm-up.".format(
                    lr=s["lr"], wu=s["warmup_steps"], fe=s["backbone_frozen_epochs"],
                    blr=s["backbone_lr"], bw=s.get("backbone_warmup_steps", 0))]
+        if recipe.get("teacher_from"):
+            md += ["- Distillation teacher (the KL and token terms): {} (`--teacher`), not the model "
+                   "the selector stage starts from ({}).".format(recipe["teacher_from"], recipe.get("init_from"))]
         if s.get("init", "vit") != "vit":
             md += ["- Selector initialisation: {} (trunc-normal std sqrt(2/fan_in) for the GELU layers, "
                    "sqrt(1/fan_in) for each head's last layer and the gate; the backbone's std 0.02 "
