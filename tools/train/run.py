@@ -139,6 +139,18 @@ def set_lrs(opt, phase_stages, epoch, step_in_phase, steps_per_epoch, epochs, sc
     return {"lr": slr, "backbone_lr": blr}
 
 
+def backbone_from(sd, model, path):
+    """`model`'s state dict with every backbone tensor from `sd` (a dense state dict, with
+    selectors of any layout or none) and its own selector tensors; a clear error if the
+    backbones differ."""
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not k.startswith("selectors.")}
+    bad = sorted(set(sd) ^ {k for k in own if not k.startswith("selectors.")})
+    if bad:
+        raise SystemExit(f"{path}: backbone tensors differ: {bad[:5]}")
+    return {**{k: v for k, v in own.items() if k.startswith("selectors.")}, **sd}
+
+
 def save_atomic(obj, path):
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -326,15 +338,10 @@ def main():
     else:
         if RECIPE["init_from"]:
             sd = torch.load(RECIPE["init_from"])
-            own = model.state_dict()
-            if set(sd) != set(own):
-                # Another selector layout (--locations): the backbone comes from the file, the
-                # selectors keep this model's seeded initialisation.
-                sd = {k: v for k, v in sd.items() if not k.startswith("selectors.")}
-                bad = sorted(set(sd) ^ {k for k in own if not k.startswith("selectors.")})
-                if bad:
-                    raise SystemExit(f"{RECIPE['init_from']}: backbone tensors differ: {bad[:5]}")
-                sd = {**{k: v for k, v in own.items() if k.startswith("selectors.")}, **sd}
+            if set(sd) != set(model.state_dict()):
+                # Another selector layout (--locations): the selectors keep this model's
+                # seeded initialisation.
+                sd = backbone_from(sd, model, RECIPE["init_from"])
                 log("selector layout differs from the init file: selectors initialised here")
             model.load_state_dict(sd)
             log(f"dense phase starts from {RECIPE['init_from']}")
@@ -365,13 +372,9 @@ def main():
             with torch.random.fork_rng():   # must not consume the training RNG (exact resume)
                 teacher = build_model()
             t_path = RECIPE.get("teacher_from") or os.path.join(args.run_dir, "dense_final.pt")
-            t_sd = torch.load(t_path)
-            if set(t_sd) != set(teacher.state_dict()):
-                # a dense file (no selector tensors): the teacher runs forward_dense only
-                t_sd = {**{k: v for k, v in teacher.state_dict().items() if k.startswith("selectors.")},
-                        **{k: v for k, v in t_sd.items() if not k.startswith("selectors.")}}
+            # (the teacher runs forward_dense only: its selectors are never used)
             try:
-                teacher.load_state_dict(t_sd)
+                teacher.load_state_dict(backbone_from(torch.load(t_path), teacher, t_path))
             except RuntimeError as e:
                 raise SystemExit(f"{t_path}: not a dense model of this geometry: {e}")
             teacher.eval()

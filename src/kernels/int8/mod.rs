@@ -610,6 +610,20 @@ pub enum Epilogue<'a> {
     Residual { x: &'a mut [i16], rescale: Multiplier },
 }
 
+impl Epilogue<'_> {
+    /// The number of outputs (`m × n`).
+    pub fn len(&self) -> usize {
+        match self {
+            Epilogue::RequantI8(o) => o.len(),
+            Epilogue::Residual { x, .. } => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// [`gemm_i8_packed_then`] followed by `epilogue` with the per-channel `bias` and
 /// `requant`: the same integers whatever the kernel. The AVX-512 VNNI kernel applies the
 /// epilogue to each tile in registers when the channels come in groups of 16 (no int32
@@ -627,11 +641,7 @@ pub fn gemm_i8_fused_then(
 ) -> Result<(), GemmError> {
     let (k, n) = (w.k, w.n);
     check_len("a", a.len(), m * k, m, k, n)?;
-    let out_len = match &epilogue {
-        Epilogue::RequantI8(o) => o.len(),
-        Epilogue::Residual { x, .. } => x.len(),
-    };
-    check_len("out", out_len, m * n, m, k, n)?;
+    check_len("out", epilogue.len(), m * n, m, k, n)?;
     check_len("bias", bias.len(), n, m, k, n)?;
     check_len("requant", requant.len(), n, m, k, n)?;
     #[cfg(target_arch = "x86_64")]

@@ -96,11 +96,7 @@ pub fn gemm_fused(
     assert_eq!(a.len(), m * kp, "avx512vnni: packed A size");
     assert_eq!(w.len(), np * kp, "avx512vnni: packed W size");
     assert!(corr.len() >= n && bias.len() == n && requant.len() == n, "gemm_fused: per-channel values");
-    let len = match &out {
-        Epilogue::RequantI8(o) => o.len(),
-        Epilogue::Residual { x, .. } => x.len(),
-    };
-    assert_eq!(len, m * n, "avx512vnni: output size");
+    assert_eq!(out.len(), m * n, "avx512vnni: output size");
     // SAFETY: AVX-512 F/BW/DQ/VL and VNNI are present (asserted above with run-time
     // detection); every access is a bounds-checked slice (see the function).
     unsafe { gemm_fused_vnni(m, n, kp, a, w, corr, bias, requant, out, then) }

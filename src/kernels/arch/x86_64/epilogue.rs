@@ -52,29 +52,15 @@ pub fn vbmi_available() -> bool {
 /// entry from the table's first 128 bytes (`vpermi2b` on two registers, index bits 0..6)
 /// and from its last 128, and its bit 7 chooses between the two. The row's last partial
 /// vector is loaded and stored under a byte mask.
-/// The table's 256 bytes in four registers, for [`gelu_lookup`].
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub(super) fn gelu_registers(gelu: &GeluTable) -> [__m512i; 4] {
-    // SAFETY: the table is 256 bytes; each load reads 64 of them (no alignment needed).
-    std::array::from_fn(|k| unsafe { _mm512_loadu_si512(gelu.0.as_ptr().add(64 * k).cast()) })
-}
-
-/// Each byte of `v`, read as an index 0..255, replaced by its entry of the table `t`
-/// ([`gelu_registers`]): the entry from the first 128 bytes (`vpermi2b` on two registers,
-/// index bits 0..6) or the last 128, chosen by bit 7.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-#[inline]
-pub(super) fn gelu_lookup(t: &[__m512i; 4], v: __m512i) -> __m512i {
-    let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
-    let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
-    _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn gelu_table_i8_vbmi(gelu: &GeluTable, x: &mut [i8]) {
-    let t = gelu_registers(gelu);
-    let look = |v: __m512i| gelu_lookup(&t, v);
+    // SAFETY: the table is 256 bytes; each load reads 64 of them (no alignment needed).
+    let t: [__m512i; 4] = std::array::from_fn(|k| unsafe { _mm512_loadu_si512(gelu.0.as_ptr().add(64 * k).cast()) });
+    let look = |v: __m512i| {
+        let lo = _mm512_permutex2var_epi8(t[0], v, t[1]);
+        let hi = _mm512_permutex2var_epi8(t[2], v, t[3]);
+        _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
+    };
     let mut chunks = x.chunks_exact_mut(64);
     for c in &mut chunks {
         // SAFETY: `c` holds 64 bytes; loadu/storeu have no alignment requirement.
