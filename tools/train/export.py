@@ -218,7 +218,7 @@ COMMANDS = [
     "--locations 2 --keep-targets 0.28 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
     "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in",
     "# 35. (not shipped) run 34's recipe started from run 31 as well as distilled from it: 91.68% at "
-    "−46.4% MACs, top-k at the same keep 91.35%; −0.51 against run 31, −0.84 against run 36",
+    "-46.4% MACs, top-k at the same keep 91.35%; -0.51 against run 31, -0.84 against run 36",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist35 --export-dir /work/runs/fmnist35-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher31.pt --teacher /work/runs/teacher31.pt --dense-epochs 0 "
     "--locations 2 --keep-targets 0.28 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
