@@ -226,6 +226,13 @@ COMMANDS = [
     "# 36. the dense control for run 35: run 31 trained 30 more epochs: 92.52%",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist36 --seed 0 --threads 1 "
     "--init-from /work/runs/teacher31.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only",
+    "# 37. (not shipped) run 34 without token distillation and with keep target 0.295: 91.34% at "
+    "-46.3% MACs, top-k at the same keep 91.35%; -0.85 against run 31",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist37 --export-dir /work/runs/fmnist37-model "
+    "--seed 0 --threads 2 --init-from /work/runs/teacher29.pt --teacher /work/runs/teacher31.pt --dense-epochs 0 "
+    "--locations 2 --keep-targets 0.295 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
+    "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in "
+    "--distill-token 0",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist30 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
