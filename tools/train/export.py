@@ -233,6 +233,16 @@ COMMANDS = [
     "--locations 2 --keep-targets 0.295 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
     "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in "
     "--distill-token 0",
+    "# 38. (unfinished) run 34 trained 15 more epochs at half its learning rates, in a copy of its directory",
+    "cp -a /work/runs/fmnist34 /work/runs/fmnist38 && rm /work/runs/fmnist38/results.json",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist38 --export-dir /work/runs/fmnist38-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher29.pt --teacher /work/runs/teacher31.pt --dense-epochs 0 "
+    "--locations 2 --keep-targets 0.28 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
+    "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in "
+    "--extend-last-stage 15 --extend-lr-scale 0.5",
+    "# 39. (unfinished) the dense control for run 38: run 31 trained 15 more epochs",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist39 --export-dir /work/runs/fmnist39-model "
+    "--seed 0 --threads 1 --init-from /work/runs/teacher31.pt --dense-epochs 15 --dense-lr 2.5e-4 --dense-only",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist30 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",
@@ -437,8 +447,9 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
         md += [("- Dense, this run (cycle {n}, starting from {src}): ".format(
                     n=len(lineage) + 1, src=recipe.get("init_from")) if lineage else "- Dense: ")
                + "AdamW, batch {b}, lr {lr} with {w} warm-up epoch(s) and cosine decay, weight "
-               "decay {wd}, label smoothing {ls}, {e} epochs; augmentation random crop (zero padding 2) "
+               "decay {wd}, label smoothing {ls}, {e} epochs; augmentation random crop (zero padding {pad}) "
                "and horizontal flip.".format(b=recipe["batch_size"], lr=recipe["dense"]["lr"],
+                                             pad=recipe["augment"]["crop_pad"],
                                              w=recipe["dense"]["warmup_epochs"],
                                              wd=recipe["dense"]["weight_decay"],
                                              ls=recipe["dense"]["label_smoothing"],
@@ -475,6 +486,10 @@ def export_model(model, out_dir, recipe, mode, results, history, seed, run_dir, 
             md += ["- Selector initialisation: {} (trunc-normal std sqrt(2/fan_in) for the GELU layers, "
                    "sqrt(1/fan_in) for each head's last layer and the gate; the backbone's std 0.02 "
                    "leaves a 16-wide selector head with a constant output at the start).".format(s["init"])]
+        if "crop_pad" in s:
+            md += ["- Augmentation in the selector stages: random crop with zero padding {} "
+                   "(the dense phase's: {}) and horizontal flip.".format(
+                       s["crop_pad"], recipe["augment"]["crop_pad"])]
         if "selector_weight_decay" in s:
             md += ["- AdamW weight decay of the selectors' weight matrices {} (the backbone's {}).".format(
                 s["selector_weight_decay"], s["weight_decay"])]

@@ -216,6 +216,13 @@ def main():
     ap.add_argument("--distill-token", type=float,
                     help="weight of the MSE distillation of the kept tokens from the teacher's in the "
                          "selector stages (recipe: 0.5)")
+    ap.add_argument("--crop-pad", type=int, metavar="PIXELS",
+                    help="zero padding of the random-crop augmentation (recipe: 2; 0 = no shift, "
+                         "horizontal flips only); the selector stages use it too unless "
+                         "--selector-crop-pad is given")
+    ap.add_argument("--selector-crop-pad", type=int, metavar="PIXELS",
+                    help="zero padding of the random-crop augmentation in the selector stages "
+                         "(recipe: the dense phase's, 2; 0 = no shift, horizontal flips only)")
     ap.add_argument("--backbone-warmup-steps", type=int,
                     help="linear warm-up of the backbone lr in each selector stage (a fresh AdamW "
                          "state at full lr perturbs the converged backbone)")
@@ -230,6 +237,12 @@ def main():
         if not args.selector_weight_decay >= 0:
             raise SystemExit("--selector-weight-decay needs a value >= 0")
         RECIPE["selector"]["selector_weight_decay"] = args.selector_weight_decay
+    for name, where in (("crop_pad", RECIPE["augment"]), ("selector_crop_pad", RECIPE["selector"])):
+        v = getattr(args, name)
+        if v is not None:
+            if not 0 <= v <= 8:
+                raise SystemExit(f"--{name.replace('_', '-')} needs 0..8 pixels")
+            where["crop_pad"] = v
     if args.backbone_warmup_steps is not None:
         RECIPE["selector"]["backbone_warmup_steps"] = args.backbone_warmup_steps
     if args.locations:
@@ -408,7 +421,10 @@ def main():
                 k = state["step"]
                 t_step = time.time()
                 idx = perm[k * bs:(k + 1) * bs]
-                xb = data.augment(train_x[idx], aug_gen, RECIPE["augment"]["crop_pad"])
+                pad = RECIPE["augment"]["crop_pad"]
+                if n_stages > 0:
+                    pad = RECIPE["selector"].get("crop_pad", pad)
+                xb = data.augment(train_x[idx], aug_gen, pad)
                 xb = data.to_input(xb)
                 yb = train_y[idx]
                 lrs = set_lrs(opt, n_stages, ep, ep * steps_per_epoch + k, steps_per_epoch, epochs,
