@@ -243,6 +243,17 @@ COMMANDS = [
     "# 39. (unfinished) the dense control for run 38: run 31 trained 15 more epochs",
     "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist39 --export-dir /work/runs/fmnist39-model "
     "--seed 0 --threads 1 --init-from /work/runs/teacher31.pt --dense-epochs 15 --dense-lr 2.5e-4 --dense-only",
+    "# 40. (met the target at its bound, not yet shipped) run 34 without the random crop in the selector stage: "
+    "91.69% at -46.3% MACs, top-k at the same keep 91.13%; -0.50 against run 31",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist40 --export-dir /work/runs/fmnist40-model "
+    "--seed 0 --threads 2 --init-from /work/runs/teacher29.pt --teacher /work/runs/teacher31.pt --dense-epochs 0 "
+    "--locations 2 --keep-targets 0.28 --stage-epochs 30 --calib-weight 1.0 --detach-selector-input "
+    "--backbone-lr 5e-4 --backbone-warmup-steps 200 --selector-weight-decay 0 --selector-init fan-in "
+    "--selector-crop-pad 0",
+    "# 41. the same-recipe dense control for run 40: run 31's command without the random crop: 91.88%",
+    "~/hvenv/bin/python tools/train/run.py --run-dir /work/runs/fmnist41 --export-dir /work/runs/fmnist41-model "
+    "--seed 0 --threads 2 --init-from /work/runs/teacher29.pt --dense-epochs 30 --dense-lr 5e-4 --dense-only "
+    "--crop-pad 0",
     "~/hvenv/bin/python tools/train/export.py --run-dir /work/runs/fmnist30 --out models/fmnist-heatvit",
     "heatvit-run quantize --model models/fmnist-heatvit --calib /usr/share/datasets/fashion-mnist "
     "--calib-split train --calib-count 512 --out models/fmnist-heatvit-int8 --force",

@@ -405,6 +405,9 @@ def main():
                 own_dense.eval()
             post_dense(args, model_from=own_dense, test=(test_x, test_y),
                        recipe_changes=state.get("recipe_changes"))
+        crop_pad = RECIPE["augment"]["crop_pad"]
+        if n_stages > 0:
+            crop_pad = RECIPE["selector"].get("crop_pad", crop_pad)
         opt = torch.optim.AdamW(param_groups(model, n_stages), lr=0.0, betas=(0.9, 0.999))
         if state.get("opt") is not None:
             opt.load_state_dict(state["opt"])
@@ -421,10 +424,7 @@ def main():
                 k = state["step"]
                 t_step = time.time()
                 idx = perm[k * bs:(k + 1) * bs]
-                pad = RECIPE["augment"]["crop_pad"]
-                if n_stages > 0:
-                    pad = RECIPE["selector"].get("crop_pad", pad)
-                xb = data.augment(train_x[idx], aug_gen, pad)
+                xb = data.augment(train_x[idx], aug_gen, crop_pad)
                 xb = data.to_input(xb)
                 yb = train_y[idx]
                 lrs = set_lrs(opt, n_stages, ep, ep * steps_per_epoch + k, steps_per_epoch, epochs,
